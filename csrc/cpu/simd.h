@@ -1,0 +1,170 @@
+// Hand-vectorised building blocks of the CPU recurrence, written once with GCC/Clang vector
+// extensions and compiled twice (baseline x86-64 and AVX2+FMA, picked at run time in
+// recurrence_cpu.cpp), so the package runs on any x86-64 CPU and uses AVX2 where there is one.
+//
+//   pack_panels   W (any strides) -> column panels of NR, zero padded: [ceil(N/NR), K, NR]
+//   gemm_acc      C[M, N] += A[M, K] · W, W given as panels; 4×NR register tile
+//   activate      C = tanh(C) or relu(C) in place on a [M, N] block
+//   activation_grad  D *= act'(Y) in place
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define FUSED_RNN_INLINE inline __attribute__((always_inline))
+
+namespace fused_rnn::cpu {
+
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(32)));  // 8 floats or 4 doubles
+  static constexpr int kLanes = 32 / sizeof(T);
+  static constexpr int kNR = 2 * kLanes;  // panel width: two vectors
+  static constexpr int kMR = 4;           // rows per register tile: 8 accumulators
+
+  static FUSED_RNN_INLINE vec load(const T* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof(vec));
+    return v;
+  }
+  static FUSED_RNN_INLINE void store(T* p, vec v) { std::memcpy(p, &v, sizeof(vec)); }
+  static FUSED_RNN_INLINE vec splat(T x) { return vec{} + x; }
+};
+
+// Panels of the [K, N] matrix whose element (k, n) is w[k * stride_k + n * stride_n].
+template <typename T>
+void pack_panels(const T* w, int64_t K, int64_t N, int64_t stride_k, int64_t stride_n, T* panels) {
+  constexpr int NR = Simd<T>::kNR;
+  for (int64_t p = 0; p * NR < N; ++p) {
+    T* dst = panels + p * K * NR;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < NR; ++j) {
+        const int64_t n = p * NR + j;
+        dst[k * NR + j] = n < N ? w[k * stride_k + n * stride_n] : T(0);
+      }
+    }
+  }
+}
+
+template <typename T>
+int64_t packed_size(int64_t K, int64_t N) {
+  constexpr int NR = Simd<T>::kNR;
+  return (N + NR - 1) / NR * NR * K;
+}
+
+// C[MR_, ncols] += A[MR_, K] · panel[K, NR], ncols <= NR. Accumulators stay in registers.
+template <typename T, int MR_>
+FUSED_RNN_INLINE void gemm_tile(int64_t K, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
+                                int64_t ncols) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int L = S::kLanes;
+  vec acc0[MR_], acc1[MR_];
+  for (int i = 0; i < MR_; ++i) {
+    if (ncols == S::kNR) {
+      acc0[i] = S::load(c + i * ldc);
+      acc1[i] = S::load(c + i * ldc + L);
+    } else {
+      T tmp[S::kNR] = {};
+      std::copy(c + i * ldc, c + i * ldc + ncols, tmp);
+      acc0[i] = S::load(tmp);
+      acc1[i] = S::load(tmp + L);
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const vec b0 = S::load(panel + k * S::kNR);
+    const vec b1 = S::load(panel + k * S::kNR + L);
+    for (int i = 0; i < MR_; ++i) {
+      const vec ai = S::splat(a[i * lda + k]);
+      acc0[i] += ai * b0;
+      acc1[i] += ai * b1;
+    }
+  }
+  for (int i = 0; i < MR_; ++i) {
+    if (ncols == S::kNR) {
+      S::store(c + i * ldc, acc0[i]);
+      S::store(c + i * ldc + L, acc1[i]);
+    } else {
+      T tmp[S::kNR];
+      S::store(tmp, acc0[i]);
+      S::store(tmp + L, acc1[i]);
+      std::copy(tmp, tmp + ncols, c + i * ldc);
+    }
+  }
+}
+
+// C[M, N] += A[M, K] · W, W as panels from pack_panels.
+template <typename T>
+FUSED_RNN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* panels, T* c,
+                               int64_t ldc) {
+  constexpr int NR = Simd<T>::kNR, MR = Simd<T>::kMR;
+  for (int64_t p = 0; p * NR < N; ++p) {
+    const T* panel = panels + p * K * NR;
+    const int64_t ncols = std::min<int64_t>(NR, N - p * NR);
+    T* cp = c + p * NR;
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) gemm_tile<T, MR>(K, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols);
+    switch (M - i) {
+      case 3: gemm_tile<T, 3>(K, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols); break;
+      case 2: gemm_tile<T, 2>(K, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols); break;
+      case 1: gemm_tile<T, 1>(K, a + i * lda, lda, panel, cp + i * ldc, ldc, ncols); break;
+      default: break;
+    }
+  }
+}
+
+// tanh for float: the [13/6] rational approximation used by Eigen's fast tanh (clamped to
+// ±7.90531 where it reaches ±1 in float). Branch free, so the loop below vectorises; error is a
+// few ulp (tests/test_cpu_kernels.py bounds it). NaN passes through the clamps unchanged.
+FUSED_RNN_INLINE float tanh_rational(float x) {
+  x = std::min(x, 7.90531110763549805f);
+  x = std::max(x, -7.90531110763549805f);
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return p / q;
+}
+FUSED_RNN_INLINE double tanh_exact(double x) { return std::tanh(x); }
+
+template <typename T>
+FUSED_RNN_INLINE void activate(int64_t M, int64_t N, T* c, int64_t ldc, bool relu) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* row = c + i * ldc;
+    if (relu) {
+      // Select on x < 0, not x > 0, so NaN propagates as through nn.RNN's relu (clamp_min).
+      for (int64_t j = 0; j < N; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+    } else if constexpr (sizeof(T) == sizeof(float)) {
+      for (int64_t j = 0; j < N; ++j) row[j] = tanh_rational(row[j]);
+    } else {
+      for (int64_t j = 0; j < N; ++j) row[j] = tanh_exact(row[j]);
+    }
+  }
+}
+
+// D[M, N] *= act'(Y): tanh' = 1 - y², relu' = [y > 0].
+template <typename T>
+FUSED_RNN_INLINE void activation_grad(int64_t M, int64_t N, T* d, int64_t ldd, const T* y, int64_t ldy, bool relu) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* drow = d + i * ldd;
+    const T* yrow = y + i * ldy;
+    if (relu) {
+      for (int64_t j = 0; j < N; ++j) drow[j] = yrow[j] > T(0) ? drow[j] : T(0);
+    } else {
+      for (int64_t j = 0; j < N; ++j) drow[j] *= T(1) - yrow[j] * yrow[j];
+    }
+  }
+}
+
+}  // namespace fused_rnn::cpu

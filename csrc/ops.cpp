@@ -1,0 +1,165 @@
+// The op schemas (defined once), the shared input checks, and the CPU registration.
+// The CUDA build adds TORCH_LIBRARY_IMPL(fused_rnn, CUDA, ...) in csrc/cuda/.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+#include <Python.h>
+
+#include "rnn_stack.h"
+
+namespace fused_rnn {
+
+void check_rnn_args(const RnnArgs& a) {
+  const int64_t L = a.num_layers, D = a.bidirectional ? 2 : 1;
+  TORCH_CHECK(L > 0, "num_layers must be greater than zero, got ", L);
+  const at::Tensor& x = a.input;
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "input must be a floating point tensor, got ", x.scalar_type());
+  if (a.batch_sizes) {
+    const at::Tensor& bs = *a.batch_sizes;
+    TORCH_CHECK(x.dim() == 2, "packed input must have 2 dimensions [N, I], got ", x.dim());
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
+                "batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)");
+    TORCH_CHECK(bs.numel() > 0, "Expected sequence length to be larger than 0 in RNN");
+    const at::Tensor bsc = bs.contiguous();
+    const int64_t* p = bsc.data_ptr<int64_t>();
+    int64_t total = 0;
+    for (int64_t t = 0; t < bs.numel(); ++t) {
+      TORCH_CHECK(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]),
+                  "batch_sizes must be positive and non-increasing, got ", bs);
+      total += p[t];
+    }
+    TORCH_CHECK(total == x.size(0), "packed input has ", x.size(0), " rows but batch_sizes sum to ", total);
+    TORCH_CHECK(a.hx.dim() == 3 && a.hx.size(1) == p[0], "hx must have batch size ", p[0],
+                " (batch_sizes[0]), got shape ", a.hx.sizes());
+  } else {
+    TORCH_CHECK(x.dim() == 3, "input must have 3 dimensions [T, B, I], got ", x.dim());
+    TORCH_CHECK(x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  }
+  TORCH_CHECK(a.hx.dim() == 3, "hx must have 3 dimensions [L*D, B, H], got ", a.hx.dim());
+  const int64_t H = a.hx.size(2);
+  const int64_t B = a.batch_sizes ? a.hx.size(1) : x.size(1);
+  const std::vector<int64_t> hx_shape{L * D, B, H};
+  TORCH_CHECK(a.hx.sizes() == at::IntArrayRef(hx_shape), "Expected hidden size ", at::IntArrayRef(hx_shape),
+              ", got ", a.hx.sizes());
+  const int64_t per = a.has_biases ? 4 : 2;
+  TORCH_CHECK(static_cast<int64_t>(a.weights.size()) == L * D * per, "expected ", L * D * per,
+              " weight tensors for num_layers=", L, ", bidirectional=", a.bidirectional, ", bias=", a.has_biases,
+              ", got ", a.weights.size());
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device() == x.device(), "Input and parameter tensors are not at the same device, found input tensor at ",
+                x.device(), " and ", name, " at ", t.device());
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(),
+                " but input has dtype ", x.scalar_type());
+  };
+  same(a.hx, "hx");
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t in_l = l == 0 ? x.size(-1) : D * H;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t base = (l * D + d) * per;
+      const std::vector<std::vector<int64_t>> shapes{{H, in_l}, {H, H}, {H}, {H}};
+      for (int64_t w = 0; w < per; ++w) {
+        const at::Tensor& t = a.weights[base + w];
+        same(t, "a parameter tensor");
+        TORCH_CHECK(t.sizes() == at::IntArrayRef(shapes[w]), "weight ", base + w, " (layer ", l, ", direction ", d,
+                    ") must have shape ", at::IntArrayRef(shapes[w]), ", got ", t.sizes());
+      }
+    }
+  }
+  if (a.dropout_mask) {
+    std::vector<int64_t> m_shape(x.sizes().begin(), x.sizes().end());
+    m_shape.back() = D * H;
+    m_shape.insert(m_shape.begin(), L - 1);
+    same(*a.dropout_mask, "dropout_mask");
+    TORCH_CHECK(a.dropout_mask->sizes() == at::IntArrayRef(m_shape), "dropout_mask must have shape ",
+                at::IntArrayRef(m_shape), ", got ", a.dropout_mask->sizes());
+  }
+}
+
+namespace {
+
+const RecurrenceKernels kCpuKernels{recurrence_forward_cpu, recurrence_backward_cpu};
+
+// The CPU kernels compute in float32 or float64; float16/bfloat16 run in float32 and are rounded
+// back at the end (what nn.RNN's CPU path effectively does step by step).
+bool needs_upcast(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+at::Tensor up(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+std::optional<at::Tensor> up(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<at::Tensor>(up(*t)) : std::nullopt;
+}
+std::vector<at::Tensor> up(at::TensorList ts) {
+  std::vector<at::Tensor> v;
+  for (const auto& t : ts) v.push_back(up(t));
+  return v;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
+  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_args(a);
+  if (!needs_upcast(input)) return rnn_forward_stack(a, kCpuKernels);
+  const auto x = up(input), h = up(hx);
+  const auto w = up(weights);
+  const auto m = up(dropout_mask);
+  auto [out, hy, reserve] =
+      rnn_forward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases}, kCpuKernels);
+  const auto dt = input.scalar_type();
+  return {out.to(dt), hy.to(dt), reserve.to(dt)};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& hx,
+    at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
+    const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
+    bool has_biases) {
+  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_args(a);
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_hy.sizes() == hx.sizes(), "grad_hy must have shape ", hx.sizes(), ", got ", grad_hy.sizes());
+  if (!needs_upcast(input)) return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCpuKernels);
+  const auto x = up(input), h = up(hx);
+  const auto w = up(weights);
+  const auto m = up(dropout_mask);
+  auto [gi, ghx, gw] = rnn_backward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases},
+                                          up(grad_output), up(grad_hy), up(output), up(reserve), kCpuKernels);
+  const auto dt = input.scalar_type();
+  for (auto& g : gw) g = g.to(dt);
+  return {gi.to(dt), ghx.to(dt), gw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fused_rnn, m) {
+  // input [T, B, I] or packed [N, I] with batch_sizes [T]; hx [L*D, B, H]; weights in nn.RNN order;
+  // dropout_mask [L-1, *input.shape[:-1], D*H], pre-scaled. Returns output, hy and the reserve
+  // (outputs of layers 0..L-2) that rnn_backward needs.
+  m.def("rnn_forward(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_mask, "
+        "int num_layers, bool bidirectional, bool relu, bool has_biases) -> (Tensor output, Tensor hy, Tensor reserve)");
+  m.def("rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor[] weights, "
+        "Tensor? batch_sizes, Tensor? dropout_mask, Tensor output, Tensor reserve, int num_layers, "
+        "bool bidirectional, bool relu, bool has_biases) -> (Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+}
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace fused_rnn
+
+// A plain Python module so that `import fused_rnn._C` loads the library and runs the
+// registrations above. with_cuda() reports whether the CUDA kernels were compiled in.
+namespace {
+PyObject* with_cuda(PyObject*, PyObject*) {
+#ifdef FUSED_RNN_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+PyMethodDef methods[] = {{"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
+                         {nullptr, nullptr, 0, nullptr}};
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

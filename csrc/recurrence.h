@@ -1,0 +1,67 @@
+// The sequential core of an Elman RNN layer: the one piece of code that differs per device.
+//
+// Shape letters used throughout csrc/:
+//   T steps, B batch (largest batch for packed input), I layer input width, H hidden size,
+//   D directions (1 or 2), L layers, N = rows of a layer's step-major buffers.
+//
+// Step-major layout, shared by every buffer of a layer ([N, D*H]): step t owns the rows
+// [offset(t), offset(t) + batch_size(t)). Batch sizes never increase with t (PackedSequence's
+// rule), so the sequences alive at step t are always rows 0 .. batch_size(t)-1 of that step.
+//   - unpacked input:  batch_size(t) = B, offset(t) = t*B, N = T*B   (batch_sizes undefined)
+//   - packed input:    batch_sizes is PackedSequence's CPU int64 [T], N = sum(batch_sizes)
+// Direction d of a row lives in columns [d*H, (d+1)*H). Direction 1 runs t = T-1 .. 0, and each
+// sequence's reverse pass starts at its own last step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace fused_rnn {
+
+// Forward recurrence of one layer, all directions, in place.
+//   out  [N, D*H]  on entry: pre_t = x_t·W_ihᵀ + b_ih + b_hh;  on exit: h_t = act(pre_t + h_{t-1}·W_hhᵀ)
+//   h0   [D, B, H] initial hidden state            w_hh [D, H, H]
+//   hy   [D, B, H] written: each sequence's last hidden state (step len-1 forward, step 0 reverse)
+using RecurrenceForwardFn = void (*)(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
+                                     const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
+
+// Backward recurrence (BPTT) of one layer, all directions, in place.
+//   dpre [N, D*H]  on entry: g_t = dL/dh_t from the layer above (or the loss);
+//                  on exit:  δ_t = dL/dpre_t = (g_t + δ_{t+1}·W_hh) ⊙ act'(h_t)   (t+1 = next step in
+//                  the direction's own order; the hy gradient enters at each sequence's last step)
+//   y    [N, D*H]  the forward output h_t                 w_hh [D, H, H]
+//   ghy  [D, B, H] gradient of hy                         dh0  [D, B, H] written: gradient of h0
+using RecurrenceBackwardFn = void (*)(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
+                                      const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
+                                      const at::Tensor& dh0);
+
+struct RecurrenceKernels {
+  RecurrenceForwardFn forward;
+  RecurrenceBackwardFn backward;
+};
+
+// Host-side view of the step layout, built once per call from batch_sizes (or T, B).
+struct StepLayout {
+  int64_t T = 0;
+  int64_t B = 0;
+  std::vector<int64_t> batch;   // [T + 1], batch[T] = 0 so "rows that end at step t" is batch[t+1]..batch[t]
+  std::vector<int64_t> offset;  // [T + 1], offset[T] = N
+
+  // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
+  StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
+  bool uniform() const { return uniform_; }
+  int64_t rows() const { return offset[T]; }
+
+ private:
+  bool uniform_ = true;
+};
+
+void recurrence_forward_cpu(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
+                            const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
+void recurrence_backward_cpu(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
+                             const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
+                             const at::Tensor& dh0);
+
+}  // namespace fused_rnn

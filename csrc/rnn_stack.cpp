@@ -1,0 +1,177 @@
+// Layer / direction / dropout loop of the RNN in ATen ops (device agnostic). Per layer:
+//   out_l = X_l · [W_ih_0; W_ih_1]ᵀ + [b_0; b_1]      one GEMM for all steps and both directions
+//   recurrence (per-device kernel) turns out_l from pre-activations into h_t in place
+// and backward, per layer from the top:
+//   δ = BPTT kernel; dW_ih = δᵀ X_l, db = Σ δ, dW_hh = δᵀ H_prev, dX = δ W_ih   (single GEMMs)
+#include "rnn_stack.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+
+namespace fused_rnn {
+
+StepLayout::StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b) : B(b) {
+  uniform_ = !batch_sizes.defined();
+  if (uniform_) {
+    T = b > 0 ? n_rows / b : 0;
+    batch.assign(T + 1, b);
+    batch[T] = 0;
+  } else {
+    T = batch_sizes.numel();
+    const int64_t* bs = batch_sizes.data_ptr<int64_t>();
+    batch.assign(bs, bs + T);
+    batch.push_back(0);
+  }
+  offset.assign(T + 1, 0);
+  for (const auto t : c10::irange(T)) offset[t + 1] = offset[t] + batch[t];
+}
+
+namespace {
+
+int64_t weights_per_layer(bool has_biases) { return has_biases ? 4 : 2; }
+
+const at::Tensor& weight(const RnnArgs& a, int64_t layer, int64_t dir, int64_t which) {
+  const int64_t D = a.bidirectional ? 2 : 1;
+  return a.weights[(layer * D + dir) * weights_per_layer(a.has_biases) + which];
+}
+
+// One layer's weights, concatenated over directions so one GEMM serves both.
+struct LayerWeights {
+  at::Tensor w_ih;  // [D*H, I_l]
+  at::Tensor bias;  // [D*H] = b_ih + b_hh, undefined without biases
+  at::Tensor w_hh;  // [D, H, H]
+};
+
+LayerWeights layer_weights(const RnnArgs& a, int64_t layer) {
+  const int64_t D = a.bidirectional ? 2 : 1;
+  std::vector<at::Tensor> w_ih, bias, w_hh;
+  for (const auto d : c10::irange(D)) {
+    w_ih.push_back(weight(a, layer, d, 0));
+    w_hh.push_back(weight(a, layer, d, 1));
+    if (a.has_biases) bias.push_back(weight(a, layer, d, 2) + weight(a, layer, d, 3));
+  }
+  LayerWeights lw;
+  lw.w_ih = D == 1 ? w_ih[0].contiguous() : at::cat(w_ih, 0);
+  lw.w_hh = at::stack(w_hh, 0).contiguous();
+  if (a.has_biases) lw.bias = D == 1 ? bias[0] : at::cat(bias, 0);
+  return lw;
+}
+
+std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
+  std::vector<int64_t> v(sizes.begin(), sizes.end());
+  v.back() = last;
+  return v;
+}
+
+// The input of layer l as a [N, I_l] matrix: the data for layer 0, else the layer below after dropout.
+at::Tensor layer_input(const RnnArgs& a, const at::Tensor& x, const at::Tensor& reserve, const at::Tensor& mask,
+                       int64_t layer, int64_t n, int64_t dh) {
+  if (layer == 0) return x;
+  at::Tensor below = reserve[layer - 1].view({n, dh});
+  return mask.defined() ? below * mask[layer - 1].view({n, dh}) : below;
+}
+
+// dW_hh of one direction = Σ_t δ_tᵀ h_prev_t, with h_prev_t the state the step read.
+at::Tensor grad_w_hh(const StepLayout& lay, const at::Tensor& delta, const at::Tensor& y, const at::Tensor& h0,
+                     bool reverse) {
+  // delta, y: [N, H] (strided column slices); h0: [B, H]
+  const int64_t N = lay.rows(), B = lay.B;
+  if (lay.uniform()) {
+    // Forward reads h0 at t = 0 and y_{t-1} after; reverse reads h0 at t = T-1 and y_{t+1} before.
+    const at::Tensor d_first = reverse ? delta.narrow(0, N - B, B) : delta.narrow(0, 0, B);
+    const at::Tensor d_rest = reverse ? delta.narrow(0, 0, N - B) : delta.narrow(0, B, N - B);
+    const at::Tensor y_rest = reverse ? y.narrow(0, B, N - B) : y.narrow(0, 0, N - B);
+    return at::addmm(d_first.t().mm(h0), d_rest.t(), y_rest);
+  }
+  // Packed: gather each row's h_prev from [y; h0] (rows N.. are h0).
+  std::vector<int64_t> idx(N);
+  for (const auto t : c10::irange(lay.T)) {
+    for (const auto b : c10::irange(lay.batch[t])) {
+      int64_t src = N + b;
+      if (!reverse && t > 0) src = lay.offset[t - 1] + b;
+      if (reverse && t + 1 < lay.T && b < lay.batch[t + 1]) src = lay.offset[t + 1] + b;
+      idx[lay.offset[t] + b] = src;
+    }
+  }
+  const at::Tensor index = at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(delta.device());
+  return delta.t().mm(at::cat({y, h0}, 0).index_select(0, index));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& a, const RecurrenceKernels& k) {
+  const int64_t L = a.num_layers, D = a.bidirectional ? 2 : 1, H = a.hx.size(2), B = a.hx.size(1);
+  const at::Tensor hx = a.hx.contiguous();
+  const at::Tensor x = a.batch_sizes ? a.input.contiguous() : a.input.reshape({-1, a.input.size(-1)}).contiguous();
+  const at::Tensor bs = a.batch_sizes ? *a.batch_sizes : at::Tensor();
+  const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
+  const int64_t N = x.size(0);
+
+  const auto out_shape = with_last(a.input.sizes(), D * H);
+  auto reserve_shape = out_shape;
+  reserve_shape.insert(reserve_shape.begin(), L - 1);
+  at::Tensor output = at::empty(out_shape, a.input.options());
+  at::Tensor reserve = at::empty(reserve_shape, a.input.options());
+  at::Tensor hy = at::empty_like(hx);
+
+  for (const auto l : c10::irange(L)) {
+    const LayerWeights lw = layer_weights(a, l);
+    const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
+    at::Tensor out = (l == L - 1 ? output : reserve[l]).view({N, D * H});
+    if (lw.bias.defined()) {
+      at::addmm_out(out, lw.bias, in, lw.w_ih.t());
+    } else {
+      at::mm_out(out, in, lw.w_ih.t());
+    }
+    k.forward(out, hx.narrow(0, l * D, D), lw.w_hh, bs, a.relu, hy.narrow(0, l * D, D));
+  }
+  return {output, hy, reserve};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
+    const RnnArgs& a, const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& output,
+    const at::Tensor& reserve, const RecurrenceKernels& k) {
+  const int64_t L = a.num_layers, D = a.bidirectional ? 2 : 1, H = a.hx.size(2), B = a.hx.size(1);
+  const at::Tensor hx = a.hx.contiguous();
+  const at::Tensor ghy = grad_hy.contiguous();
+  const at::Tensor x = a.batch_sizes ? a.input.contiguous() : a.input.reshape({-1, a.input.size(-1)}).contiguous();
+  const at::Tensor bs = a.batch_sizes ? *a.batch_sizes : at::Tensor();
+  const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
+  const int64_t N = x.size(0);
+  const StepLayout lay(bs, N, B);
+
+  at::Tensor grad_hx = at::empty_like(hx);
+  std::vector<at::Tensor> grad_weights(a.weights.size());
+  // δ of the current layer, [N, D*H]; starts as dL/d(output) and is overwritten in place by BPTT.
+  at::Tensor dpre = grad_output.reshape({N, D * H}).clone(at::MemoryFormat::Contiguous);
+  at::Tensor grad_input;
+
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const LayerWeights lw = layer_weights(a, l);
+    const at::Tensor y = (l == L - 1 ? output : reserve[l]).reshape({N, D * H});
+    const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
+    k.backward(dpre, y, ghy.narrow(0, l * D, D), lw.w_hh, bs, a.relu, grad_hx.narrow(0, l * D, D));
+
+    const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
+    const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]
+    for (const auto d : c10::irange(D)) {
+      const int64_t base = (l * D + d) * weights_per_layer(a.has_biases);
+      const at::Tensor delta_d = dpre.narrow(1, d * H, H);
+      grad_weights[base + 0] = dw_ih.narrow(0, d * H, H).clone();
+      grad_weights[base + 1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1);
+      if (a.has_biases) {
+        grad_weights[base + 2] = db.narrow(0, d * H, H).clone();
+        grad_weights[base + 3] = db.narrow(0, d * H, H).clone();
+      }
+    }
+    at::Tensor dx = dpre.mm(lw.w_ih);  // [N, I_l]
+    if (l > 0) {
+      dpre = mask.defined() ? dx.mul_(mask[l - 1].view({N, D * H})) : dx;
+    } else {
+      grad_input = dx.view(a.input.sizes());
+    }
+  }
+  return {grad_input, grad_hx, grad_weights};
+}
+
+}  // namespace fused_rnn

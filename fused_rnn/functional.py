@@ -1,0 +1,82 @@
+"""fused_rnn.functional.rnn: the functional form of fused_rnn.RNN, and the torch.autograd.Function
+around the fused C++/CUDA ops.
+
+Shapes: T steps, B batch, I input size, H hidden size, D = 2 if bidirectional else 1, L layers.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+
+class RNNFunction(torch.autograd.Function):
+    """One autograd node for the whole multi-layer RNN: forward and BPTT are single C++ ops.
+
+    apply(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights)
+    -> (output, hy). The backward is not itself differentiable (double backward raises).
+    """
+
+    @staticmethod
+    def forward(ctx, input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights):
+        output, hy, reserve = ops.rnn_forward(input, hx, list(weights), batch_sizes, dropout_mask, num_layers,
+                                              bidirectional, relu, has_biases)
+        ops.save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
+                              bidirectional, relu, has_biases)
+        ctx.set_materialize_grads(False)
+        return output, hy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_hy):
+        grad_input, grad_hx, grad_weights = ops.backward(ctx, grad_output, grad_hy)
+        return (grad_input, grad_hx, None, None, None, None, None, None, *grad_weights)
+
+
+def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p) (all zeros for p == 1)."""
+    if p >= 1:
+        return like.new_zeros(shape)
+    return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+
+
+def rnn(
+    input: Tensor,
+    hx: Tensor,
+    weights: List[Tensor],
+    *,
+    num_layers: int = 1,
+    nonlinearity: str = "tanh",
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    bidirectional: bool = False,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Elman RNN over a whole sequence, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    input: [T, B, I] ([B, T, I] if batch_first), or packed data [N, I] with batch_sizes [T] (CPU int64)
+    hx: [L*D, B, H]; weights: nn.RNN's flat weight list (w_ih, w_hh[, b_ih, b_hh] per layer and direction)
+    Returns output [T, B, D*H] ([B, T, D*H] if batch_first; [N, D*H] when packed) and h_n [L*D, B, H].
+    Dropout (p = dropout) applies to the outputs of all layers but the last, when training.
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    relu = nonlinearity == "relu"
+    if batch_first and batch_sizes is None:
+        input = input.transpose(0, 1)
+    mask = None
+    if training and dropout > 0 and num_layers > 1:
+        d = 2 if bidirectional else 1
+        mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * hx.shape[2]), dropout, input)
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights))
+    if needs_grad:
+        output, hy = RNNFunction.apply(input, hx, batch_sizes, mask, num_layers, bidirectional, relu, bias, *weights)
+    else:
+        output, hy, _ = ops.rnn_forward(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu, bias)
+    if batch_first and batch_sizes is None:
+        output = output.transpose(0, 1)
+    return output, hy

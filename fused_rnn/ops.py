@@ -1,0 +1,69 @@
+"""Python side of the C++ ops: loads fused_rnn._C (which defines torch.ops.fused_rnn.*), registers
+their fake (meta) kernels for torch.compile / torch.export, and their autograd formula.
+
+Shapes (T steps, B batch, I input, H hidden, D directions, L layers, N packed rows):
+    rnn_forward(input [T, B, I] | [N, I], hx [L*D, B, H], weights, batch_sizes [T] | None,
+                dropout_mask [L-1, *input.shape[:-1], D*H] | None, num_layers, bidirectional, relu,
+                has_biases) -> (output [*input.shape[:-1], D*H], hy [L*D, B, H],
+                                reserve [L-1, *input.shape[:-1], D*H])
+    rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output,
+                 reserve, num_layers, bidirectional, relu, has_biases)
+                -> (grad_input, grad_hx, grad_weights)
+"""
+import torch
+
+from . import _C
+
+rnn_forward = torch.ops.fused_rnn.rnn_forward
+rnn_backward = torch.ops.fused_rnn.rnn_backward
+
+
+def with_cuda() -> bool:
+    return _C.with_cuda()
+
+
+@torch.library.register_fake("fused_rnn::rnn_forward")
+def _rnn_forward_fake(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases):
+    d = 2 if bidirectional else 1
+    out_shape = (*input.shape[:-1], d * hx.shape[2])
+    return input.new_empty(out_shape), hx.new_empty(hx.shape), input.new_empty((num_layers - 1, *out_shape))
+
+
+@torch.library.register_fake("fused_rnn::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
+                       num_layers, bidirectional, relu, has_biases):
+    return input.new_empty(input.shape), hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
+
+
+def save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
+                      bidirectional, relu, has_biases):
+    """What the backward needs; shared by the op's autograd and functional.RNNFunction."""
+    ctx.save_for_backward(input, hx, batch_sizes, dropout_mask, output, reserve, *weights)
+    ctx.config = (num_layers, bidirectional, relu, has_biases)
+
+
+def backward(ctx, grad_output, grad_hy):
+    """Returns (grad_input, grad_hx, grad_weights) from the saved forward. A gradient that autograd
+    did not materialise (an unused output) counts as zeros."""
+    input, hx, batch_sizes, dropout_mask, output, reserve, *weights = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(output)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    return rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
+                        *ctx.config)
+
+
+def _setup_context(ctx, inputs, output):
+    input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases = inputs
+    out, _, reserve = output
+    save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, out, reserve, num_layers, bidirectional,
+                      relu, has_biases)
+
+
+def _op_backward(ctx, grad_output, grad_hy, grad_reserve):
+    grad_input, grad_hx, grad_weights = backward(ctx, grad_output, grad_hy)
+    return grad_input, grad_hx, list(grad_weights), None, None, None, None, None, None
+
+
+torch.library.register_autograd("fused_rnn::rnn_forward", _op_backward, setup_context=_setup_context)
