@@ -51,10 +51,16 @@ LayerWeights layer_weights(const RnnArgs& a, int64_t layer) {
     if (a.has_biases) bias.push_back(weight(a, layer, d, 2) + weight(a, layer, d, 3));
   }
   LayerWeights lw;
+  // One direction: views, no copies (this runs on every call, and tiny RNNs are overhead-bound).
   lw.w_ih = D == 1 ? w_ih[0].contiguous() : at::cat(w_ih, 0);
-  lw.w_hh = at::stack(w_hh, 0).contiguous();
+  lw.w_hh = D == 1 ? w_hh[0].contiguous().unsqueeze(0) : at::stack(w_hh, 0);
   if (a.has_biases) lw.bias = D == 1 ? bias[0] : at::cat(bias, 0);
   return lw;
+}
+
+// Rows [layer*D, (layer+1)*D) of a [L*D, B, H] state; the tensor itself when there is one layer.
+at::Tensor layer_state(const at::Tensor& t, int64_t layer, int64_t D) {
+  return t.size(0) == D ? t : t.narrow(0, layer * D, D);
 }
 
 std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
@@ -123,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
     } else {
       at::mm_out(out, in, lw.w_ih.t());
     }
-    k.forward(out, hx.narrow(0, l * D, D), lw.w_hh, bs, a.relu, hy.narrow(0, l * D, D));
+    k.forward(out, layer_state(hx, l, D), lw.w_hh, bs, a.relu, layer_state(hy, l, D));
   }
   return {output, hy, reserve};
 }
@@ -150,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
     const LayerWeights lw = layer_weights(a, l);
     const at::Tensor y = (l == L - 1 ? output : reserve[l]).reshape({N, D * H});
     const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
-    k.backward(dpre, y, ghy.narrow(0, l * D, D), lw.w_hh, bs, a.relu, grad_hx.narrow(0, l * D, D));
+    k.backward(dpre, y, layer_state(ghy, l, D), lw.w_hh, bs, a.relu, layer_state(grad_hx, l, D));
 
     const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
     const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import onnx as _onnx
 from . import ops
 
 
@@ -15,21 +16,28 @@ class RNNFunction(torch.autograd.Function):
     """One autograd node for the whole multi-layer RNN: forward and BPTT are single C++ ops.
 
     apply(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights)
-    -> (output, hy). The backward is not itself differentiable (double backward raises).
+    -> (output, hy, reserve); reserve (the inner layers' outputs) is not differentiable.
+    Double backward raises: rnn_backward's autograd kernel (csrc/autograd.cpp) refuses to be
+    differentiated. (Not once_differentiable, which guards only when grad_output requires grad, so a
+    gradient penalty would silently lose its second-order terms.)
     """
 
     @staticmethod
-    def forward(ctx, input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights):
-        output, hy, reserve = ops.rnn_forward(input, hx, list(weights), batch_sizes, dropout_mask, num_layers,
-                                              bidirectional, relu, has_biases)
-        ops.save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
-                              bidirectional, relu, has_biases)
-        ctx.set_materialize_grads(False)
-        return output, hy
+    def forward(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights):
+        return ops.rnn_forward(input, hx, list(weights), batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                               has_biases)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, grad_hy):
+    def setup_context(ctx, inputs, output):
+        input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights = inputs
+        out, _, reserve = output
+        ops.save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, out, reserve, num_layers,
+                              bidirectional, relu, has_biases)
+        ctx.mark_non_differentiable(reserve)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hy, grad_reserve):
         grad_input, grad_hx, grad_weights = ops.backward(ctx, grad_output, grad_hy)
         return (grad_input, grad_hx, None, None, None, None, None, None, *grad_weights)
 
@@ -73,8 +81,11 @@ def rnn(
         mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * hx.shape[2]), dropout, input)
     needs_grad = torch.is_grad_enabled() and (
         input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights))
-    if needs_grad:
-        output, hy = RNNFunction.apply(input, hx, batch_sizes, mask, num_layers, bidirectional, relu, bias, *weights)
+    if batch_sizes is None and _onnx.exporting():  # torch.onnx.export: ONNX's RNN operator, see fused_rnn/onnx.py
+        output, hy = _onnx.rnn_symbolic(input, hx, weights, num_layers, bidirectional, relu, bias, mask)
+    elif needs_grad:
+        output, hy, _ = RNNFunction.apply(input, hx, batch_sizes, mask, num_layers, bidirectional, relu, bias,
+                                          *weights)
     else:
         output, hy, _ = ops.rnn_forward(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu, bias)
     if batch_first and batch_sizes is None:

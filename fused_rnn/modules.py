@@ -18,6 +18,11 @@ _CONVERTED_ATTRS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "
                     "bidirectional")
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    # torch.is_autocast_enabled raises for device types without autocast (meta: nn.RNN runs there).
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
 class RNN(nn.Module):
     r"""Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh or relu.
 
@@ -114,7 +119,9 @@ class RNN(nn.Module):
     @property
     def _flat_weights(self) -> List[Tensor]:
         # Looked up on every call, so torch.func.functional_call and parameter reassignment just work.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # (_parameters directly: nn.Module.__getattr__ is the slow path, and tiny RNNs are overhead-bound.)
+        params = self._parameters
+        return [params[name] for name in self._flat_weights_names]
 
     @property
     def all_weights(self) -> List[List[nn.Parameter]]:
@@ -143,7 +150,7 @@ class RNN(nn.Module):
                             weights: List[Tensor]) -> None:
         """nn.RNN's checks, with its exception types and messages."""
         w0 = weights[0]
-        if input.dtype != w0.dtype and not torch.is_autocast_enabled(input.device.type):
+        if input.dtype != w0.dtype and not _autocast_enabled(input.device.type):
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({w0.dtype}). "
                              f"Convert input: input.to({w0.dtype}), or convert model: model.to({input.dtype})")
         expected_input_dim = 2 if batch_sizes is not None else 3
@@ -198,7 +205,7 @@ class RNN(nn.Module):
                              dtype=data.dtype, device=data.device)
         self._check_forward_args(data, hx, batch_sizes, weights)
 
-        if torch.is_autocast_enabled(data.device.type):
+        if _autocast_enabled(data.device.type):
             # Like nn.RNN under autocast: run in the autocast dtype (float16 on CUDA by default).
             dt = torch.get_autocast_dtype(data.device.type)
             data, hx, weights = data.to(dt), hx.to(dt), [w.to(dt) for w in weights]

@@ -35,9 +35,15 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, batch_sizes, dr
     return input.new_empty(input.shape), hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
 
 
+# Autograd of both ops is registered in C++ (csrc/autograd.cpp): a Python registration would add
+# ~100 µs to every call. rnn_forward's backward is rnn_backward; differentiating rnn_backward
+# (double backward) raises. fused_rnn.functional.RNNFunction, the Python autograd.Function that the
+# module uses, reuses the two helpers below.
+
+
 def save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
                       bidirectional, relu, has_biases):
-    """What the backward needs; shared by the op's autograd and functional.RNNFunction."""
+    """What the backward needs."""
     ctx.save_for_backward(input, hx, batch_sizes, dropout_mask, output, reserve, *weights)
     ctx.config = (num_layers, bidirectional, relu, has_biases)
 
@@ -52,18 +58,3 @@ def backward(ctx, grad_output, grad_hy):
         grad_hy = torch.zeros_like(hx)
     return rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
                         *ctx.config)
-
-
-def _setup_context(ctx, inputs, output):
-    input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases = inputs
-    out, _, reserve = output
-    save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, out, reserve, num_layers, bidirectional,
-                      relu, has_biases)
-
-
-def _op_backward(ctx, grad_output, grad_hy, grad_reserve):
-    grad_input, grad_hx, grad_weights = backward(ctx, grad_output, grad_hy)
-    return grad_input, grad_hx, list(grad_weights), None, None, None, None, None, None
-
-
-torch.library.register_autograd("fused_rnn::rnn_forward", _op_backward, setup_context=_setup_context)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The GPU check, one command for a lent H100/H200 (torch, nvcc and ninja installed, no network):
+#   1. build the CUDA kernels for this GPU (TORCH_CUDA_ARCH_LIST from nvidia-smi, all cores)
+#   2. tests/test_cuda.py
+#   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
+#   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
+#   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
+#      benchmark tables), copied with all logs to the folder given as the first argument.
+# A failing or timed-out stage is recorded and the next one runs. Each stage has its own timeout,
+# and all of them together stay inside GPU_CHECK_BUDGET_S (default 465 s, so the whole run is < 8 min).
+#
+#   benchmarks/gpu_check.sh [COPY_TO_DIR]        PYTHON=python3.12 to pick the interpreter
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+COPY_TO=${1:-}
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-465}
+
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+GPU=${GPU:-unknown-gpu}
+CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+SLUG=$(echo "$GPU" | tr '[:upper:]' '[:lower:]' | sed -e 's/nvidia//' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
+STAMP=$(date -u +%Y%m%d-%H%M)
+NAME="${SLUG}-${STAMP}"
+RESULTS=benchmarks/results
+WORK="$RESULTS/$NAME"
+mkdir -p "$WORK"
+: > "$WORK/stages.tsv"
+
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  fi
+fi
+export PATH="${CUDA_HOME:-/usr/local/cuda}/bin:$PATH"
+
+# stage NAME LIMIT_S NOTE CMD...: runs CMD under timeout (capped by the remaining budget), logs to
+# $WORK/NAME.log, appends "NAME<TAB>rc<TAB>seconds<TAB>note" to stages.tsv. Never stops the script.
+stage() {
+  local name=$1 limit=$2 note=$3
+  shift 3
+  local left=$((BUDGET - ($(date +%s) - START) - 10))
+  if [ "$left" -lt 20 ]; then
+    printf '%s\t-\t0\tskipped: time budget spent\n' "$name" >> "$WORK/stages.tsv"
+    echo "== $name: skipped (time budget spent)"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  local secs=$(($(date +%s) - t0))
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && note="TIMED OUT after ${limit}s; $note"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$secs" "$note" >> "$WORK/stages.tsv"
+  echo "   rc=$rc in ${secs}s; last lines:"
+  tail -n 3 "$WORK/$name.log" | sed 's/^/   | /'
+  return 0
+}
+
+# 1. build for this GPU only
+stage build 300 "TORCH_CUDA_ARCH_LIST=${CAP:-unset}, MAX_JOBS=$(nproc)" \
+  env TORCH_CUDA_ARCH_LIST="${CAP:-9.0}" MAX_JOBS="$(nproc)" FUSED_RNN_CUDA=1 "$PY" setup.py build_ext --inplace
+stage import 60 "fused_rnn.cuda_available()" \
+  "$PY" -c "import fused_rnn, torch; assert fused_rnn.cuda_available(), 'built without CUDA'; print(torch.cuda.get_device_name())"
+
+# 2. CUDA tests
+stage tests 170 "tests/test_cuda.py" \
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
+
+# 3. benchmark (before the sanitizers, so that a slow sanitizer cannot cost the numbers)
+stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
+  "$PY" benchmarks/benchmark.py --device cuda --quick --out "$WORK/bench"
+
+# 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
+SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
+for tool in memcheck racecheck; do
+  if [ -z "$SAN" ]; then
+    echo "compute-sanitizer not found (looked in PATH and \$CUDA_HOME/bin)" > "$WORK/$tool.log"
+    printf '%s\t-\t0\tcompute-sanitizer not found\n' "$tool" >> "$WORK/stages.tsv"
+    continue
+  fi
+  stage "$tool" 75 "kernel filter kns=recurrence_kernel" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=recurrence_kernel "$PY" benchmarks/gpu_sanitize.py
+  if grep -qi "unrecognized\|invalid option\|unknown option" "$WORK/$tool.log"; then
+    stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
+      "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py
+  fi
+done
+
+# 5. results file, and a copy of everything
+"$PY" benchmarks/gpu_report.py "$WORK" "$RESULTS/$NAME.md" "$RESULTS/$NAME.json"
+if [ -n "$COPY_TO" ]; then
+  mkdir -p "$COPY_TO"
+  cp -r "$RESULTS/$NAME.md" "$RESULTS/$NAME.json" "$WORK" "$COPY_TO"/
+  echo "copied to $COPY_TO"
+fi
+echo "done in $(($(date +%s) - START))s: $RESULTS/$NAME.md"

@@ -1,0 +1,122 @@
+"""Writes the GPU check's results file (Markdown + JSON) from the logs of benchmarks/gpu_check.sh.
+
+    python benchmarks/gpu_report.py WORK_DIR OUT.md OUT.json
+
+WORK_DIR holds stages.tsv (stage, exit code, seconds, note), the stage logs, test_cuda.xml and the
+benchmark's bench/results.{md,json}. Only reads what the stages produced; never runs anything on the GPU
+except the version queries (torch.cuda.get_device_name and friends).
+"""
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as e:  # noqa: BLE001  (the report must still be written)
+        return f"unavailable ({e})"
+
+
+def environment():
+    env = {"host": platform.node(), "python": platform.python_version(),
+           "gpu": sh("nvidia-smi --query-gpu=name --format=csv,noheader | head -1"),
+           "driver": sh("nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1"),
+           "compute_cap": sh("nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1"),
+           "nvcc": sh("nvcc --version | tail -2 | head -1") or sh("$CUDA_HOME/bin/nvcc --version | tail -2 | head -1"),
+           "cpu_cores": os.cpu_count()}
+    try:
+        import torch
+
+        env.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                   tf32_default={"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                                 "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32})
+    except Exception as e:  # noqa: BLE001
+        env["torch"] = f"import failed: {e}"
+    return env
+
+
+def stages(work):
+    rows = []
+    path = os.path.join(work, "stages.tsv")
+    if os.path.exists(path):
+        for line in open(path):
+            name, rc, secs, note = (line.rstrip("\n").split("\t") + ["", "", "", ""])[:4]
+            rows.append({"stage": name, "exit_code": rc, "seconds": secs, "note": note})
+    return rows
+
+
+def tests(work):
+    path = os.path.join(work, "test_cuda.xml")
+    if not os.path.exists(path):
+        return {"summary": "no junit report (tests did not run or were cut off)"}
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    keys = ("tests", "failures", "errors", "skipped", "time")
+    summary = {k: suite.get(k) for k in keys}
+    failed = []
+    for case in suite.iter("testcase"):
+        for tag in ("failure", "error"):
+            node = case.find(tag)
+            if node is not None:
+                failed.append({"test": f"{case.get('classname')}::{case.get('name')}",
+                               "message": (node.get("message") or "")[:400]})
+    summary["failed"] = failed
+    return summary
+
+
+def sanitizer(work, tool):
+    path = os.path.join(work, f"{tool}.log")
+    if not os.path.exists(path):
+        return "not run"
+    text = open(path, errors="replace").read()
+    found = re.findall(r"(ERROR SUMMARY: .*|RACECHECK SUMMARY: .*|compute-sanitizer not found.*|MISMATCH.*)", text)
+    return "; ".join(found) if found else "no summary line (see log)"
+
+
+def main():
+    work, md_path, json_path = sys.argv[1:4]
+    env = environment()
+    st = stages(work)
+    tr = tests(work)
+    san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck")}
+    bench_md_path = os.path.join(work, "bench", "results.md")
+    bench_json_path = os.path.join(work, "bench", "results.json")
+    bench_md = open(bench_md_path).read() if os.path.exists(bench_md_path) else "(no benchmark results: see bench.log)"
+    bench = json.load(open(bench_json_path)) if os.path.exists(bench_json_path) else None
+
+    lines = [f"# GPU check: {env['gpu']}", "",
+             "Written by benchmarks/gpu_check.sh (build for this GPU, tests/test_cuda.py, compute-sanitizer, "
+             "benchmarks/benchmark.py --device cuda).", "",
+             "| | |", "|---|---|"]
+    for k in ("gpu", "compute_cap", "driver", "torch", "torch_cuda", "cudnn", "nvcc", "python", "cpu_cores"):
+        lines.append(f"| {k} | {env.get(k)} |")
+    lines.append(f"| TF32 (defaults at report time) | {env.get('tf32_default')}; the tests force IEEE fp32; the "
+                 "benchmark states its own setting below |")
+    lines += ["", "## Stages", "", "| stage | exit code | seconds | note |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['exit_code']} | {r['seconds']} | {r['note']} |" for r in st]
+    lines += ["", "## tests/test_cuda.py", ""]
+    if "tests" in tr:
+        lines.append(f"{tr['tests']} tests, {tr['failures']} failures, {tr['errors']} errors, "
+                     f"{tr['skipped']} skipped, {tr['time']} s")
+        for f in tr["failed"]:
+            lines.append(f"- FAILED `{f['test']}`: {f['message']}")
+    else:
+        lines.append(tr["summary"])
+    lines += ["", "## compute-sanitizer (benchmarks/gpu_sanitize.py: every regime, fwd + bwd)", ""]
+    lines += [f"- {tool}: {summary}" for tool, summary in san.items()]
+    lines += ["", "## Benchmark (benchmarks/benchmark.py --device cuda)", "", bench_md]
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(json_path, "w") as f:
+        json.dump({"environment": env, "stages": st, "tests": tr, "sanitizer": san, "benchmark": bench}, f, indent=1)
+    print(f"wrote {md_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+// CUDA recurrence entry points (recurrence.h contract) and the CUDA registration of the ops.
+// The kernels and the regime choice live in recurrence_kernel.cuh; this file fills the params
+// struct once per call, dispatches on dtype and instantiates the float/double launchers.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "cuda/recurrence_cuda.h"
+#include "cuda/recurrence_kernel.cuh"
+#include "rnn_stack.h"
+
+namespace fused_rnn {
+namespace cuda {
+template void launch_recurrence<float>(const RecParams&, at::Device, cudaStream_t);
+template void launch_recurrence<double>(const RecParams&, at::Device, cudaStream_t);
+}  // namespace cuda
+
+namespace {
+
+void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor& ref) {
+  for (const at::Tensor* t : ts) {
+    if (!t->defined()) continue;
+    TORCH_CHECK(t->is_contiguous(), "fused_rnn: internal buffers must be contiguous");
+    TORCH_CHECK(t->device() == ref.device() && t->scalar_type() == ref.scalar_type(),
+                "fused_rnn: recurrence buffers must share device and dtype");
+  }
+}
+
+// buf [N, D*H] (out or dpre), y [N, D*H] or undefined, h_in/h_out [D, B, H], w_hh [D, H, H].
+void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
+         const at::Tensor& batch_sizes, bool relu, const at::Tensor& h_out, bool backward) {
+  check_buffers({&buf, &y, &h_in, &w_hh, &h_out}, buf);
+  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
+  if (B == 0 || H == 0 || N == 0) return;
+  const c10::cuda::CUDAGuard guard(buf.device());
+  int64_t T = N / B;
+  at::Tensor steps;  // packed only: batch[0..T], offset[0..T] on the device, copied once per call
+  if (batch_sizes.defined()) {
+    const StepLayout lay(batch_sizes, N, B);
+    T = lay.T;
+    at::Tensor host = at::empty({2 * (T + 1)}, at::TensorOptions().dtype(at::kLong));
+    int64_t* h = host.data_ptr<int64_t>();
+    std::copy(lay.batch.begin(), lay.batch.end(), h);
+    std::copy(lay.offset.begin(), lay.offset.end(), h + T + 1);
+    steps = host.to(buf.device());
+  }
+  cuda::RecParams p{buf.data_ptr(), y.defined() ? y.data_ptr() : nullptr, h_in.data_ptr(), h_out.data_ptr(),
+                    w_hh.data_ptr(), steps.defined() ? steps.data_ptr<int64_t>() : nullptr, nullptr,
+                    T, B, H, D, relu, backward};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
+    cuda::launch_recurrence<scalar_t>(p, buf.device(), stream);
+  });
+}
+
+}  // namespace
+
+void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
+                             const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy) {
+  run(out, at::Tensor(), h0, w_hh, batch_sizes, relu, hy, /*backward=*/false);
+}
+
+void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
+                              const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
+                              const at::Tensor& dh0) {
+  run(dpre, y, ghy, w_hh, batch_sizes, relu, dh0, /*backward=*/true);
+}
+
+namespace {
+
+const RecurrenceKernels kCudaKernels{recurrence_forward_cuda, recurrence_backward_cuda};
+
+// float32 follows torch.backends.cudnn.allow_tf32, the switch nn.RNN obeys: where it forbids TF32,
+// the stack's cuBLAS GEMMs are held to IEEE fp32 as well (a thread-local guard; no global state is
+// touched). The recurrence kernels always use fp32 FMA.
+struct CudnnTf32Rule {
+  std::optional<at::NoTF32Guard> no_tf32;
+  CudnnTf32Rule() {
+    if (!at::globalContext().allowTF32CuDNN()) no_tf32.emplace();
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
+  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_args(a);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const CudnnTf32Rule tf32;
+  return rnn_forward_stack(a, kCudaKernels);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& hx,
+    at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
+    const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
+    bool has_biases) {
+  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_args(a);
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_hy.sizes() == hx.sizes(), "grad_hy must have shape ", hx.sizes(), ", got ", grad_hy.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const CudnnTf32Rule tf32;
+  return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCudaKernels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
+  m.impl("rnn_forward", &rnn_forward_cuda);
+  m.impl("rnn_backward", &rnn_backward_cuda);
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,26 @@
+// The CUDA recurrence (forward and BPTT of one layer, all directions), same contract as the CPU one
+// in recurrence.h; only compiled in CUDA builds (FUSED_RNN_WITH_CUDA).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <cuda_runtime_api.h>
+
+#include "recurrence.h"
+
+namespace fused_rnn {
+
+void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
+                             const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
+void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
+                              const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
+                              const at::Tensor& dh0);
+
+namespace cuda {
+struct RecParams;
+// Defined in recurrence_kernel.cuh; instantiated for float/double in recurrence_cuda.cu and for
+// Half/BFloat16 in recurrence_cuda_half.cu (two translation units that compile in parallel).
+template <typename T>
+void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t stream);
+}  // namespace cuda
+
+}  // namespace fused_rnn

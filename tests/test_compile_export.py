@@ -1,0 +1,93 @@
+"""torch.compile(fullgraph=True) of fused_rnn.RNN for inference and training (static and dynamic
+shapes), and torch.export of a model that holds one. Few compiled graphs: compiling is slow here."""
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from conftest import TOL, assert_close_scaled
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = fused_rnn.RNN(4, 8, 2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, hx):
+        y, hn = self.rnn(x, hx)
+        return self.head(y), hn
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_compile_fullgraph_inference_and_training():
+    model = Tagger()
+    compiled = torch.compile(model, fullgraph=True)
+    x, hx = torch.randn(3, 5, 4), torch.randn(4, 3, 8)
+    with torch.no_grad():
+        want = model(x, hx)
+        got = compiled(x, hx)
+    for a, b in zip(got, want):
+        assert_close_scaled(a, b, torch.float32)
+
+    # Training step: loss.backward through the compiled graph gives eager's gradients.
+    xg = x.clone().requires_grad_()
+    out, hn = model(xg, hx)
+    (out.square().sum() + hn.sum()).backward()
+    want_grads, want_x = _grads(model), xg.grad.clone()
+    model.zero_grad()
+    xg.grad = None
+    out, hn = compiled(xg, hx)
+    (out.square().sum() + hn.sum()).backward()
+    assert_close_scaled(xg.grad, want_x, torch.float32)
+    for n, g in _grads(model).items():
+        assert_close_scaled(g, want_grads[n], torch.float32, msg=lambda m, n=n: f"{n}: {m}")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.rnn.weight_hh_l0.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.rnn.weight_hh_l0)
+
+
+def test_compile_dynamic_shapes_training():
+    model = fused_rnn.RNN(3, 6, 2, nonlinearity="relu", dtype=torch.float64)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    torch._dynamo.utils.counters.clear()
+    for T, B in ((5, 2), (9, 4), (1, 7)):
+        x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+        out, hn = compiled(x)
+        assert out.shape == (T, B, 6) and hn.shape == (2, B, 6)
+        out.sum().backward()
+        got_x, got_w = x.grad.clone(), model.weight_hh_l0.grad.clone()
+        model.zero_grad()
+        x.grad = None
+        want_out, want_hn = model(x)
+        want_out.sum().backward()
+        torch.testing.assert_close(out, want_out, **TOL[torch.float64])
+        torch.testing.assert_close(hn, want_hn, **TOL[torch.float64])
+        torch.testing.assert_close(got_x, x.grad, **TOL[torch.float64])
+        torch.testing.assert_close(got_w, model.weight_hh_l0.grad, **TOL[torch.float64])
+        model.zero_grad()
+        if B == 4:  # the second shape reused the first graph
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_export_and_run():
+    model = Tagger().eval()
+    x, hx = torch.randn(2, 6, 4), torch.randn(4, 2, 8)
+    T = torch.export.Dim("T", min=2, max=64)
+    ep = torch.export.export(model, (x, hx), dynamic_shapes={"x": {1: T}, "hx": None})
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("fused_rnn.rnn_forward" in t for t in targets), targets
+    x2, hx2 = torch.randn(2, 11, 4), torch.randn(4, 2, 8)  # another sequence length
+    for a, b in zip(ep.module()(x2, hx2), model(x2, hx2)):
+        assert_close_scaled(a, b, torch.float32)

@@ -1,0 +1,139 @@
+"""The CPU recurrence's code paths: the float32 rational tanh, relu, the micro-kernel (small H)
+and the BLAS step GEMM (large H), row-remainder tiles and thread splits over B, uneven packed
+lengths. Which SIMD build runs (AVX2 or baseline) is chosen by the CPU: this tests the one that runs."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import fused_rnn
+from conftest import assert_same_run, run, twins
+
+
+def _pointwise_rnn(n, nonlinearity):
+    """W_ih = I, W_hh = 0, no bias: output = act(x) elementwise, each step independent."""
+    model = fused_rnn.RNN(n, n, nonlinearity=nonlinearity, bias=False)
+    with torch.no_grad():
+        model.weight_ih_l0.copy_(torch.eye(n))
+        model.weight_hh_l0.zero_()
+    return model
+
+
+@pytest.mark.parametrize("B", [1, 3, 40])  # 40 rows: two threads' tasks
+def test_float32_tanh_error_bound(B):
+    H = 64
+    x = torch.linspace(-10, 10, 400 * B * H, dtype=torch.float64).float()
+    x = x[torch.randperm(x.numel())].view(-1, B, H)
+    with torch.no_grad():
+        y = _pointwise_rnn(H, "tanh")(x)[0]
+    want = torch.tanh(x.double())
+    err = (y.double() - want).abs()
+    ulp = torch.nextafter(y.abs(), torch.tensor(2.0)).double() - y.abs().double()
+    assert (err / ulp).max() <= 6, (err / ulp).max()   # a few ulp (measured: 4.2; torch.tanh: 0.5)
+    assert (err / want.abs().clamp_min(1e-30)).max() <= 5e-7
+    assert y.abs().max() <= 1
+    assert torch.equal(y[x.abs() >= 9], torch.sign(x[x.abs() >= 9]))  # saturates to exactly +-1
+    assert torch.equal(y[x == 0], x[x == 0])
+
+
+def _per_row(values, nonlinearity, dtype=torch.float32):
+    """act(v) for each value, one per batch row of a 1-unit RNN (so inf/NaN meet no 0 * inf)."""
+    model = _pointwise_rnn(1, nonlinearity).to(dtype)
+    with torch.no_grad():
+        return model(values.to(dtype).view(1, -1, 1))[0].view(-1)
+
+
+def test_float32_tanh_special_values_and_symmetry():
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([0.0, 1e-30, -1e-30, 1e-6, 7.9, 8.0, 50.0, 3e38, -3e38, inf, -inf, nan, 0.5, -0.5])
+    y = _per_row(x, "tanh")
+    finite = x.isfinite()
+    want = torch.tanh(x.double())
+    assert ((y[finite].double() - want[finite]).abs() <= 5e-7 * want[finite].abs()).all()  # also tiny |x|
+    assert y[6] == 1 and y[7] == 1 and y[8] == -1  # saturated
+    assert y[9] == 1 and y[10] == -1 and y[11].isnan()
+    assert y[12] == -y[13]
+    v = torch.linspace(-9, 9, 1001)
+    assert torch.equal(_per_row(v, "tanh"), -_per_row(-v, "tanh"))  # odd function, exactly
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_is_exact(dtype):
+    H = 33
+    x = torch.randn(50, 7, H, dtype=dtype) * 5
+    model = _pointwise_rnn(H, "relu").to(dtype)
+    with torch.no_grad():
+        y = model(x)[0]
+    assert torch.equal(y, torch.relu(x))
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -1e-30, 1e-30])
+    y = _per_row(special, "relu", dtype)
+    want = torch.relu(special.to(dtype))
+    assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.nan_to_num(), want.nan_to_num())
+
+
+def test_float64_tanh_is_exact_libm():
+    x = torch.linspace(-10, 10, 50 * 64, dtype=torch.float64).view(50, 1, 64)
+    model = _pointwise_rnn(64, "tanh").double()
+    with torch.no_grad():
+        y = model(x)[0]
+    torch.testing.assert_close(y, torch.tanh(x), rtol=1e-15, atol=1e-16)
+
+
+# B sweeps: remainders of the 4-row register tile (1, 2, 3 rows) alone and after a split of the rows
+# over two threads (H=33 splits from B=31 on: 36+31, 36+30, 20+13 rows ...). H=300 with B<=2 runs
+# the micro-kernel, with B>=3 rows per block the BLAS step GEMM.
+B_SWEEP = {7: [1, 2, 3, 4, 5, 70],
+           33: [1, 2, 3, 5, 6, 7, 9, 31, 33, 64, 66, 67, 70],
+           300: [1, 2, 3, 5, 6, 7, 9, 33, 70]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("H", [7, 33, 300])  # 7, 33: micro-kernel (partial panels); 300: BLAS step GEMM
+def test_batch_sweep_against_nn_rnn(H, dtype):
+    T = 3 if H == 300 else 8
+    for nonlinearity, bidirectional in (("tanh", False), ("relu", True)):
+        ref, fused = twins(5, H, 1, nonlinearity, bidirectional=bidirectional, dtype=dtype)
+        if nonlinearity == "relu":  # keep relu from blowing up over steps
+            with torch.no_grad():
+                for m in (ref, fused):
+                    for n, p in m.named_parameters():
+                        if "weight_hh" in n:
+                            p.mul_(0.5)
+        for B in B_SWEEP[H]:
+            x = torch.randn(T, B, 5, dtype=dtype)
+            hx = torch.randn(2 if bidirectional else 1, B, H, dtype=dtype)
+            assert_same_run(run(ref, x, hx), run(fused, x, hx), dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [33, 300])
+def test_uneven_packed_lengths(H, threads):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(H)
+        lengths = torch.randint(1, 12, (37,), generator=g).tolist()
+        lengths[5] = 12
+        ref, fused = twins(4, H, 2, bidirectional=True)
+        x = pack_sequence([torch.randn(n, 4, dtype=torch.float64) for n in lengths], enforce_sorted=False)
+        hx = torch.randn(4, len(lengths), H, dtype=torch.float64)
+        assert_same_run(run(ref, x, hx), run(fused, x, hx), torch.float64)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_threads_agree_with_nn_rnn():
+    """A call big enough to split over threads and small enough for the micro-kernel, 1 vs 2 threads."""
+    prev = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            ref, fused = twins(8, 40, 1, dtype=torch.float32)
+            x, hx = torch.randn(30, 45, 8), torch.randn(1, 45, 40)
+            r, f = run(ref, x, hx), run(fused, x, hx)
+            assert_same_run(r, f, torch.float32)
+            results.append(f)
+        assert_same_run(results[0], results[1], torch.float32)
+    finally:
+        torch.set_num_threads(prev)
