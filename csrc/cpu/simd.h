@@ -115,14 +115,35 @@ FUSED_RNN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const T* a, int6
   }
 }
 
-// tanh for float: the [13/6] rational approximation used by Eigen's fast tanh (clamped to
-// ±7.90531 where it reaches ±1 in float). Branch free, so the loop below vectorises; error is a
-// few ulp (tests/test_cpu_kernels.py bounds it). NaN passes through the clamps unchanged.
-FUSED_RNN_INLINE float tanh_rational(float x) {
-  x = std::min(x, 7.90531110763549805f);
-  x = std::max(x, -7.90531110763549805f);
-  const float x2 = x * x;
-  float p = -2.76076847742355e-16f;
+// Applies f to a row of n elements a vector at a time; the tail goes through a padded copy so f
+// only ever sees whole vectors (written explicitly: GCC does not vectorise these loops itself).
+template <typename T, typename F>
+FUSED_RNN_INLINE void for_each_vec(int64_t n, T* x, F f) {
+  using S = Simd<T>;
+  constexpr int L = S::kLanes;
+  int64_t j = 0;
+  for (; j + L <= n; j += L) S::store(x + j, f(S::load(x + j), j));
+  if (j < n) {
+    T tmp[L] = {};
+    std::copy(x + j, x + n, tmp);
+    S::store(tmp, f(S::load(tmp), j));
+    std::copy(tmp, tmp + (n - j), x + j);
+  }
+}
+
+// tanh for float vectors: the [13/6] rational approximation used by Eigen's fast tanh, on x
+// clamped to ±7.90531 (where it reaches ±1 in float). A few ulp of error
+// (tests/test_cpu_kernels.py bounds it); NaN passes through the clamps unchanged. Beyond |x| = 9,
+// where float tanh is exactly ±1, the result is exactly ±1 as well (FMA rounding alone can leave
+// the rational 1 ulp short), so saturated units have tanh' = 0 exactly, as in nn.RNN.
+FUSED_RNN_INLINE Simd<float>::vec tanh_rational(Simd<float>::vec x_in) {
+  using S = Simd<float>;
+  const S::vec hi = S::splat(7.90531110763549805f), lo = -hi;
+  const S::vec sat = S::splat(9.0f), one = S::splat(1.0f);
+  S::vec x = x_in > hi ? hi : x_in;
+  x = x < lo ? lo : x;
+  const S::vec x2 = x * x;
+  S::vec p = S::splat(-2.76076847742355e-16f);
   p = p * x2 + 2.00018790482477e-13f;
   p = p * x2 + -8.60467152213735e-11f;
   p = p * x2 + 5.12229709037114e-08f;
@@ -130,25 +151,28 @@ FUSED_RNN_INLINE float tanh_rational(float x) {
   p = p * x2 + 6.37261928875436e-04f;
   p = p * x2 + 4.89352455891786e-03f;
   p = p * x;
-  float q = 1.19825839466702e-06f;
+  S::vec q = S::splat(1.19825839466702e-06f);
   q = q * x2 + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
+  S::vec r = p / q;
+  r = x_in > sat ? one : r;
+  return x_in < -sat ? -one : r;
 }
-FUSED_RNN_INLINE double tanh_exact(double x) { return std::tanh(x); }
 
 template <typename T>
 FUSED_RNN_INLINE void activate(int64_t M, int64_t N, T* c, int64_t ldc, bool relu) {
+  using vec = typename Simd<T>::vec;
+  const vec zero = Simd<T>::splat(T(0));
   for (int64_t i = 0; i < M; ++i) {
     T* row = c + i * ldc;
     if (relu) {
       // Select on x < 0, not x > 0, so NaN propagates as through nn.RNN's relu (clamp_min).
-      for (int64_t j = 0; j < N; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+      for_each_vec<T>(N, row, [&](vec x, int64_t) { return x < zero ? zero : x; });
     } else if constexpr (sizeof(T) == sizeof(float)) {
-      for (int64_t j = 0; j < N; ++j) row[j] = tanh_rational(row[j]);
+      for_each_vec<T>(N, row, [&](vec x, int64_t) { return tanh_rational(x); });
     } else {
-      for (int64_t j = 0; j < N; ++j) row[j] = tanh_exact(row[j]);
+      for (int64_t j = 0; j < N; ++j) row[j] = std::tanh(row[j]);  // float64: exact, speed secondary
     }
   }
 }
@@ -156,14 +180,18 @@ FUSED_RNN_INLINE void activate(int64_t M, int64_t N, T* c, int64_t ldc, bool rel
 // D[M, N] *= act'(Y): tanh' = 1 - y², relu' = [y > 0].
 template <typename T>
 FUSED_RNN_INLINE void activation_grad(int64_t M, int64_t N, T* d, int64_t ldd, const T* y, int64_t ldy, bool relu) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  const vec zero = S::splat(T(0)), one = S::splat(T(1));
   for (int64_t i = 0; i < M; ++i) {
     T* drow = d + i * ldd;
     const T* yrow = y + i * ldy;
-    if (relu) {
-      for (int64_t j = 0; j < N; ++j) drow[j] = yrow[j] > T(0) ? drow[j] : T(0);
-    } else {
-      for (int64_t j = 0; j < N; ++j) drow[j] *= T(1) - yrow[j] * yrow[j];
+    int64_t j = 0;
+    for (; j + S::kLanes <= N; j += S::kLanes) {
+      const vec yv = S::load(yrow + j), dv = S::load(drow + j);
+      S::store(drow + j, relu ? (yv > zero ? dv : zero) : dv * (one - yv * yv));
     }
+    for (; j < N; ++j) drow[j] = relu ? (yrow[j] > T(0) ? drow[j] : T(0)) : drow[j] * (T(1) - yrow[j] * yrow[j]);
   }
 }
 
