@@ -92,11 +92,24 @@ class RnnBackward : public torch::autograd::Function<RnnBackward> {
   }
 };
 
+bool any_requires_grad(const Tensor& a, const Tensor& b, at::TensorList ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  if (a.requires_grad() || b.requires_grad()) return true;
+  for (const auto& t : ts)
+    if (t.requires_grad()) return true;
+  return false;
+}
+
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, const Tensor& hx,
                                                         at::TensorList weights,
                                                         const std::optional<Tensor>& batch_sizes,
                                                         const std::optional<Tensor>& dropout_mask, int64_t num_layers,
                                                         bool bidirectional, bool relu, bool has_biases) {
+  if (!any_requires_grad(input, hx, weights)) {  // inference: skip building an autograd node
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                             has_biases);
+  }
   auto r = RnnForward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
                              has_biases);
   return {r[0], r[1], r[2]};

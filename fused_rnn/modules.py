@@ -19,8 +19,10 @@ _CONVERTED_ATTRS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "
 
 
 def _autocast_enabled(device_type: str) -> bool:
-    # torch.is_autocast_enabled raises for device types without autocast (meta: nn.RNN runs there).
-    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+    # _is_any_autocast_enabled first: cheap, and this runs on every forward. torch.is_autocast_enabled
+    # raises for device types without autocast (meta: nn.RNN runs there).
+    return (torch._C._is_any_autocast_enabled() and device_type != "meta"
+            and torch.is_autocast_enabled(device_type))
 
 
 class RNN(nn.Module):
@@ -150,7 +152,8 @@ class RNN(nn.Module):
                             weights: List[Tensor]) -> None:
         """nn.RNN's checks, with its exception types and messages."""
         w0 = weights[0]
-        if input.dtype != w0.dtype and not _autocast_enabled(input.device.type):
+        device = input.device
+        if input.dtype != w0.dtype and not _autocast_enabled(device.type):
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({w0.dtype}). "
                              f"Convert input: input.to({w0.dtype}), or convert model: model.to({input.dtype})")
         expected_input_dim = 2 if batch_sizes is not None else 3
@@ -167,12 +170,12 @@ class RNN(nn.Module):
         expected_hidden_size = (self.num_layers * num_directions, mini_batch, self.hidden_size)
         if hx.size() != expected_hidden_size:
             raise RuntimeError(f"Expected hidden size {expected_hidden_size}, got {list(hx.size())}")
-        if w0.device != input.device:
+        if w0.device != device:
             raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor at "
-                               f"{input.device} and parameter tensor at {w0.device}")
-        if hx.device != input.device:
+                               f"{device} and parameter tensor at {w0.device}")
+        if hx.device != device:
             raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
-                               f"{input.device} and hidden tensor at {hx.device}")
+                               f"{device} and hidden tensor at {hx.device}")
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -201,11 +204,10 @@ class RNN(nn.Module):
                 raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
             max_batch_size = data.size(0) if self.batch_first else data.size(1)
         if hx is None:
-            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                             dtype=data.dtype, device=data.device)
+            hx = data.new_zeros((self.num_layers * num_directions, max_batch_size, self.hidden_size))
         self._check_forward_args(data, hx, batch_sizes, weights)
 
-        if _autocast_enabled(data.device.type):
+        if torch._C._is_any_autocast_enabled() and _autocast_enabled(data.device.type):
             # Like nn.RNN under autocast: run in the autocast dtype (float16 on CUDA by default).
             dt = torch.get_autocast_dtype(data.device.type)
             data, hx, weights = data.to(dt), hx.to(dt), [w.to(dt) for w in weights]
