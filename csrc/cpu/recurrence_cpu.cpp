@@ -23,9 +23,11 @@ namespace {
 
 using cpu::Simd;
 
-// Step GEMM above this many multiply-adds goes to BLAS (a call costs about a microsecond; the
-// micro-kernel wins below). Measured with benchmarks/benchmark.py on the 2-core AMD EPYC.
-constexpr int64_t kBlasMinFlops = 64 * 64 * 64;
+// Step GEMM of at least this many multiply-adds (per task) goes to BLAS: a call costs about a
+// microsecond, and the 4x16 micro-kernel wins below it (e.g. 4 rows x H=64: 3.5 vs 6.7 µs/step) but
+// loses above (16 rows x H=128: 40 vs 27 µs/step). Measured with benchmarks/benchmark.py --quick on
+// the 2-core AMD EPYC (noisy shared machine: the crossover is approximate).
+constexpr int64_t kBlasMinFlops = 8 * 128 * 128;
 // Below this many multiply-adds for the whole call, waking a second thread costs more than it saves.
 constexpr int64_t kParallelMinFlops = int64_t(1) << 18;
 
