@@ -74,6 +74,15 @@ void check_rnn_args(const RnnArgs& a) {
   }
 }
 
+void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                             const at::Tensor& output) {
+  check_rnn_args(a);
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_hy.sizes() == a.hx.sizes(), "grad_hy must have shape ", a.hx.sizes(), ", got ",
+              grad_hy.sizes());
+}
+
 namespace {
 
 const RecurrenceKernels kCpuKernels{recurrence_forward_cpu, recurrence_backward_cpu};
@@ -112,10 +121,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
     const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
     bool has_biases) {
   const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_args(a);
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_hy.sizes() == hx.sizes(), "grad_hy must have shape ", hx.sizes(), ", got ", grad_hy.sizes());
+  check_rnn_backward_args(a, grad_output, grad_hy, output);
   if (!needs_upcast(input)) return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCpuKernels);
   const auto x = up(input), h = up(hx);
   const auto w = up(weights);

@@ -32,6 +32,9 @@ struct RnnArgs {
 
 // Validates shapes, dtypes and devices with messages that name the offending argument.
 void check_rnn_args(const RnnArgs& a);
+// check_rnn_args plus the gradients' shapes, for rnn_backward.
+void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                             const at::Tensor& output);
 
 // Returns (output [*input.shape[:-1], D*H], hy [L*D, B, H], reserve [L-1, *input.shape[:-1], D*H]).
 // reserve holds the outputs of layers 0..L-2 before dropout; the backward needs them.

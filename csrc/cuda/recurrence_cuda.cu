@@ -101,10 +101,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
     const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
     bool has_biases) {
   const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_args(a);
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_hy.sizes() == hx.sizes(), "grad_hy must have shape ", hx.sizes(), ", got ", grad_hy.sizes());
+  check_rnn_backward_args(a, grad_output, grad_hy, output);
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Rule tf32;
   return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCudaKernels);
