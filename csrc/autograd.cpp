@@ -119,6 +119,12 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, at::TensorList weights,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask, const Tensor& output,
     const Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
+  if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || grad_hy.requires_grad() ||
+                                       any_requires_grad(input, hx, weights))) {  // the usual case
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
+                              num_layers, bidirectional, relu, has_biases);
+  }
   auto r = RnnBackward::apply(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
                               num_layers, bidirectional, relu, has_biases);
   return {r[0], r[1], std::vector<Tensor>(r.begin() + 2, r.end())};

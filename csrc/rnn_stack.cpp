@@ -42,19 +42,19 @@ struct LayerWeights {
   at::Tensor w_hh;  // [D, H, H]
 };
 
-LayerWeights layer_weights(const RnnArgs& a, int64_t layer) {
+LayerWeights layer_weights(const RnnArgs& a, int64_t layer, bool with_bias = true) {
   const int64_t D = a.bidirectional ? 2 : 1;
   std::vector<at::Tensor> w_ih, bias, w_hh;
   for (const auto d : c10::irange(D)) {
     w_ih.push_back(weight(a, layer, d, 0));
     w_hh.push_back(weight(a, layer, d, 1));
-    if (a.has_biases) bias.push_back(weight(a, layer, d, 2) + weight(a, layer, d, 3));
+    if (a.has_biases && with_bias) bias.push_back(weight(a, layer, d, 2) + weight(a, layer, d, 3));
   }
   LayerWeights lw;
   // One direction: views, no copies (this runs on every call, and tiny RNNs are overhead-bound).
   lw.w_ih = D == 1 ? w_ih[0].contiguous() : at::cat(w_ih, 0);
   lw.w_hh = D == 1 ? w_hh[0].contiguous().unsqueeze(0) : at::stack(w_hh, 0);
-  if (a.has_biases) lw.bias = D == 1 ? bias[0] : at::cat(bias, 0);
+  if (!bias.empty()) lw.bias = D == 1 ? bias[0] : at::cat(bias, 0);
   return lw;
 }
 
@@ -153,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
   at::Tensor grad_input;
 
   for (int64_t l = L - 1; l >= 0; --l) {
-    const LayerWeights lw = layer_weights(a, l);
+    const LayerWeights lw = layer_weights(a, l, /*with_bias=*/false);
     const at::Tensor y = (l == L - 1 ? output : reserve[l]).reshape({N, D * H});
     const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
     k.backward(dpre, y, layer_state(ghy, l, D), lw.w_hh, bs, a.relu, layer_state(grad_hx, l, D));
@@ -163,10 +163,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
     for (const auto d : c10::irange(D)) {
       const int64_t base = (l * D + d) * weights_per_layer(a.has_biases);
       const at::Tensor delta_d = dpre.narrow(1, d * H, H);
-      grad_weights[base + 0] = dw_ih.narrow(0, d * H, H).clone();
+      // Gradients are returned as separate tensors (op outputs may not alias each other).
+      grad_weights[base + 0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();
       grad_weights[base + 1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1);
       if (a.has_biases) {
-        grad_weights[base + 2] = db.narrow(0, d * H, H).clone();
+        grad_weights[base + 2] = D == 1 ? db : db.narrow(0, d * H, H).clone();
         grad_weights[base + 3] = db.narrow(0, d * H, H).clone();
       }
     }
