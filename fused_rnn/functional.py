@@ -15,6 +15,10 @@ from . import ops
 class RNNFunction(torch.autograd.Function):
     """One autograd node for the whole multi-layer RNN: forward and BPTT are single C++ ops.
 
+    The Python form of the autograd the ops already carry in C++ (csrc/autograd.cpp), for code that
+    wants a torch.autograd.Function to compose or subclass; rnn() and fused_rnn.RNN call the op
+    directly, which builds the same node without Python on the call path.
+
     apply(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights)
     -> (output, hy, reserve); reserve (the inner layers' outputs) is not differentiable.
     Double backward raises: rnn_backward's autograd kernel (csrc/autograd.cpp) refuses to be
@@ -79,14 +83,12 @@ def rnn(
     if training and dropout > 0 and num_layers > 1:
         d = 2 if bidirectional else 1
         mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * hx.shape[2]), dropout, input)
-    needs_grad = torch.is_grad_enabled() and (
-        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights))
     if batch_sizes is None and _onnx.exporting():  # torch.onnx.export: ONNX's RNN operator, see fused_rnn/onnx.py
         output, hy = _onnx.rnn_symbolic(input, hx, weights, num_layers, bidirectional, relu, bias, mask)
-    elif needs_grad:
-        output, hy, _ = RNNFunction.apply(input, hx, batch_sizes, mask, num_layers, bidirectional, relu, bias,
-                                          *weights)
     else:
+        # The op is differentiable through its C++ autograd kernel (csrc/autograd.cpp, a
+        # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost
+        # (~150 µs per training step on a small RNN).
         output, hy, _ = ops.rnn_forward(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu, bias)
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
