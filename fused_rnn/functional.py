@@ -1,5 +1,5 @@
-"""fused_rnn.functional.rnn: the functional form of fused_rnn.RNN, and the torch.autograd.Function
-around the fused C++/CUDA ops.
+"""fused_rnn.functional.rnn: the functional form of fused_rnn.RNN, and RNNFunction, the Python
+torch.autograd.Function around the fused C++/CUDA ops.
 
 Shapes: T steps, B batch, I input size, H hidden size, D = 2 if bidirectional else 1, L layers.
 """

@@ -1,5 +1,6 @@
-"""Python side of the C++ ops: loads fused_rnn._C (which defines torch.ops.fused_rnn.*), registers
-their fake (meta) kernels for torch.compile / torch.export, and their autograd formula.
+"""Python side of the C++ ops: loads fused_rnn._C (which defines torch.ops.fused_rnn.* and their
+autograd), registers their fake (meta) kernels for torch.compile / torch.export, and holds the
+backward helpers of functional.RNNFunction.
 
 Shapes (T steps, B batch, I input, H hidden, D directions, L layers, N packed rows):
     rnn_forward(input [T, B, I] | [N, I], hx [L*D, B, H], weights, batch_sizes [T] | None,
@@ -37,8 +38,8 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, batch_sizes, dr
 
 # Autograd of both ops is registered in C++ (csrc/autograd.cpp): a Python registration would add
 # ~100 µs to every call. rnn_forward's backward is rnn_backward; differentiating rnn_backward
-# (double backward) raises. fused_rnn.functional.RNNFunction, the Python autograd.Function that the
-# module uses, reuses the two helpers below.
+# (double backward) raises. fused_rnn.functional.RNNFunction, the same autograd as a Python
+# torch.autograd.Function, uses the two helpers below.
 
 
 def save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
