@@ -10,9 +10,10 @@
 # and all of them together stay inside GPU_CHECK_BUDGET_S (default 465 s, so the whole run is < 8 min).
 #
 #   benchmarks/gpu_check.sh [COPY_TO_DIR]        PYTHON=python3.12 to pick the interpreter
+# COPY_TO_DIR also gets gpu_check.tar.gz, one archive of everything (the device tool returns few files).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 COPY_TO=${1:-}
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET_S:-465}
@@ -67,7 +68,7 @@ stage import 60 "fused_rnn.cuda_available()" \
 
 # 2. CUDA tests
 stage tests 170 "tests/test_cuda.py" \
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
 
 # 3. benchmark (before the sanitizers, so that a slow sanitizer cannot cost the numbers)
 stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
@@ -94,6 +95,7 @@ done
 if [ -n "$COPY_TO" ]; then
   mkdir -p "$COPY_TO"
   cp -r "$RESULTS/$NAME.md" "$RESULTS/$NAME.json" "$WORK" "$COPY_TO"/
+  tar czf "$COPY_TO/gpu_check.tar.gz" "$RESULTS/$NAME.md" "$RESULTS/$NAME.json" "$WORK"
   echo "copied to $COPY_TO"
 fi
 echo "done in $(($(date +%s) - START))s: $RESULTS/$NAME.md"
