@@ -3,7 +3,9 @@
 #   1. build the CUDA kernels for this GPU (TORCH_CUDA_ARCH_LIST from nvidia-smi, all cores)
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
+#   3b. the benchmark again with TF32 allowed, float32 and float16
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
+#   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
 #   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
 #      benchmark tables), copied with all logs to the folder given as the first argument.
 # A failing or timed-out stage is recorded and the next one runs. Each stage has its own timeout,
@@ -13,6 +15,7 @@
 # COPY_TO_DIR also gets gpu_check.tar.gz, one archive of everything (the device tool returns few files).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the build is in place (build_ext --inplace), not installed
 PY=${PYTHON:-$(command -v python || command -v python3)}
 COPY_TO=${1:-}
 START=$(date +%s)
@@ -74,6 +77,10 @@ stage tests 170 "tests/test_cuda.py" \
 stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
   "$PY" benchmarks/benchmark.py --device cuda --quick --out "$WORK/bench"
 
+# 3b. float32 with TF32 allowed and float16 (cuDNN's own half type), key shapes
+stage bench_tf32_fp16 90 "benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on" \
+  "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on --out "$WORK/bench_tf32_fp16"
+
 # 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
 SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
 for tool in memcheck racecheck; do
@@ -89,6 +96,15 @@ for tool in memcheck racecheck; do
       "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py
   fi
 done
+
+# 4b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes
+NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ]; then
+  stage ncu 90 "ncu on benchmarks/gpu_profile.py" \
+    "$NCU" --clock-control none --kernel-name regex:recurrence_kernel --launch-count 4 \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
+    "$PY" benchmarks/gpu_profile.py
+fi
 
 # 5. results file, and a copy of everything
 "$PY" benchmarks/gpu_report.py "$WORK" "$RESULTS/$NAME.md" "$RESULTS/$NAME.json"

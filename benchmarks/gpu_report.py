@@ -79,16 +79,34 @@ def sanitizer(work, tool):
     return "; ".join(found) if found else "no summary line (see log)"
 
 
+def ncu_summary(text):
+    """Per profiled kernel: its name line, duration, throughputs and the stall-reason rule text."""
+    keep = re.compile(r"(recurrence_kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|"
+                      r"Warp Cycles Per Issued Instruction|Issue Slots Busy|No Eligible|stalled|Registers Per Thread|"
+                      r"profiled forward)")
+    out = []
+    for line in text.splitlines():
+        if keep.search(line):
+            line = line.strip()
+            out.append("    " + (line if len(line) <= 400 else line[:400] + " ..."))
+    return out
+
+
 def main():
     work, md_path, json_path = sys.argv[1:4]
     env = environment()
     st = stages(work)
     tr = tests(work)
     san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck")}
-    bench_md_path = os.path.join(work, "bench", "results.md")
-    bench_json_path = os.path.join(work, "bench", "results.json")
-    bench_md = open(bench_md_path).read() if os.path.exists(bench_md_path) else "(no benchmark results: see bench.log)"
-    bench = json.load(open(bench_json_path)) if os.path.exists(bench_json_path) else None
+    # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
+    bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
+    bench_md, bench = {}, {}
+    for d in bench_dirs or ["bench"]:
+        md, js = os.path.join(work, d, "results.md"), os.path.join(work, d, "results.json")
+        bench_md[d] = open(md).read() if os.path.exists(md) else f"(no benchmark results: see {d}.log)"
+        bench[d] = json.load(open(js)) if os.path.exists(js) else None
+    ncu_path = os.path.join(work, "ncu.log")
+    ncu = ncu_summary(open(ncu_path, errors="replace").read()) if os.path.exists(ncu_path) else []
 
     lines = [f"# GPU check: {env['gpu']}", "",
              "Written by benchmarks/gpu_check.sh (build for this GPU, tests/test_cuda.py, compute-sanitizer, "
@@ -110,7 +128,11 @@ def main():
         lines.append(tr["summary"])
     lines += ["", "## compute-sanitizer (benchmarks/gpu_sanitize.py: every regime, fwd + bwd)", ""]
     lines += [f"- {tool}: {summary}" for tool, summary in san.items()]
-    lines += ["", "## Benchmark (benchmarks/benchmark.py --device cuda)", "", bench_md]
+    if ncu:
+        lines += ["", "## Nsight Compute (benchmarks/gpu_profile.py; full output in ncu.log)", ""]
+        lines += ncu
+    for d, md in bench_md.items():
+        lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(json_path, "w") as f:

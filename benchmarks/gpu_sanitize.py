@@ -18,7 +18,7 @@ def main() -> int:
     assert torch.cuda.is_available() and fused_rnn.cuda_available(), "needs a GPU and a CUDA build"
     torch.manual_seed(0)
     failures = 0
-    for regime in ("auto", "grid", "step"):
+    for regime in ("auto", "grid", "step", "gemm"):  # gemm: float32/float64 only
         os.environ["FUSED_RNN_CUDA_REGIME"] = regime
         for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float64, 9)):
             rnn = fused_rnn.RNN(6, H, num_layers=2, bidirectional=True, dtype=dtype)
@@ -27,7 +27,7 @@ def main() -> int:
             results = []
             for dev in ("cpu", "cuda"):
                 m = rnn.to(dev)
-                xd = x.to(dev).requires_grad_()
+                xd = x.to(dev).detach().requires_grad_()  # a fresh leaf per device
                 packed = torch.nn.utils.rnn.pack_padded_sequence(xd, lengths, enforce_sorted=False)
                 out, hn = m(packed)
                 (out.data.float().square().sum() + hn.float().sum()).backward()

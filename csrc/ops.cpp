@@ -4,6 +4,10 @@
 #include <torch/library.h>
 #include <Python.h>
 
+#include <cstdlib>
+#include <cstring>
+
+#include "recurrence_gemm.h"
 #include "rnn_stack.h"
 
 namespace fused_rnn {
@@ -85,7 +89,16 @@ void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, co
 
 namespace {
 
-const RecurrenceKernels kCpuKernels{recurrence_forward_cpu, recurrence_backward_cpu};
+const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu};
+const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm};
+
+// FUSED_RNN_CPU_REGIME=gemm runs the per-step GEMM recurrence (recurrence_gemm.cpp, which the CUDA
+// build uses for large steps) on the CPU, so that the CPU test suite checks it against nn.RNN.
+// Unset or anything else: the fused CPU kernel.
+const RecurrenceKernels& cpu_kernels() {
+  const char* s = std::getenv("FUSED_RNN_CPU_REGIME");
+  return s != nullptr && std::strcmp(s, "gemm") == 0 ? kCpuGemmKernels : kCpuFusedKernels;
+}
 
 // The CPU kernels compute in float32 or float64; float16/bfloat16 run in float32 and are rounded
 // back at the end (what nn.RNN's CPU path effectively does step by step).
@@ -105,12 +118,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
   const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
   check_rnn_args(a);
-  if (!needs_upcast(input)) return rnn_forward_stack(a, kCpuKernels);
+  if (!needs_upcast(input)) return rnn_forward_stack(a, cpu_kernels());
   const auto x = up(input), h = up(hx);
   const auto w = up(weights);
   const auto m = up(dropout_mask);
   auto [out, hy, reserve] =
-      rnn_forward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases}, kCpuKernels);
+      rnn_forward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases}, cpu_kernels());
   const auto dt = input.scalar_type();
   return {out.to(dt), hy.to(dt), reserve.to(dt)};
 }
@@ -122,12 +135,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
     bool has_biases) {
   const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
   check_rnn_backward_args(a, grad_output, grad_hy, output);
-  if (!needs_upcast(input)) return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCpuKernels);
+  if (!needs_upcast(input)) return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, cpu_kernels());
   const auto x = up(input), h = up(hx);
   const auto w = up(weights);
   const auto m = up(dropout_mask);
   auto [gi, ghx, gw] = rnn_backward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases},
-                                          up(grad_output), up(grad_hy), up(output), up(reserve), kCpuKernels);
+                                          up(grad_output), up(grad_hy), up(output), up(reserve), cpu_kernels());
   const auto dt = input.scalar_type();
   for (auto& g : gw) g = g.to(dt);
   return {gi.to(dt), ghx.to(dt), gw};

@@ -168,16 +168,18 @@ def test_sequence_lengths(T, H, dtype):
     compare(dtype=dtype, T=T, H=H, B=4, bidirectional=True)
 
 
-@pytest.mark.parametrize("B,H", [(1, 1000), (64, 1000), (300, 64), (300, 400)])
+@pytest.mark.parametrize("B,H", [(1, 1000), (64, 1000), (300, 64), (300, 400), (72, 1000)])
 def test_batch_tiles(B, H):
-    compare(B=B, H=H, T=5, bidirectional=True, packed="unsorted" if B == 300 else None)
+    """(72, 1000): B·H² above kGemmRecurrenceMinWork, so float32 takes the per-step GEMM path."""
+    compare(B=B, H=H, T=5, bidirectional=True, packed="unsorted" if B in (300, 72) else None)
 
 
 @pytest.mark.parametrize("B", [1, 9])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("regime", ["grid", "step"])
+@pytest.mark.parametrize("regime", ["grid", "step", "gemm"])
 def test_forced_regimes(regime, dtype, B, monkeypatch):
-    """FUSED_RNN_CUDA_REGIME forces the cooperative and the per-step kernels at small sizes."""
+    """FUSED_RNN_CUDA_REGIME forces the cooperative and the per-step kernels, or the per-step GEMM
+    path (float32/float64 only; bfloat16 stays in the kernel), at small sizes."""
     monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
     compare(dtype=dtype, H=40, T=6, B=B, num_layers=2, bidirectional=True, packed="unsorted" if B > 1 else None,
             nonlinearity="relu" if dtype == torch.float32 else "tanh")
@@ -212,7 +214,7 @@ def test_dropout_mask_matches_cpu():
         torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("step", 100)])
+@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("step", 100), ("gemm", 100)])
 def test_deterministic(regime, H, monkeypatch):
     monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
     torch.manual_seed(3)
@@ -228,8 +230,9 @@ def test_deterministic(regime, H, monkeypatch):
             assert torch.equal(first[name], again[name]), name
 
 
-@pytest.mark.parametrize("H", [64, 1000])
-def test_cuda_graph_capture_and_replay(H):
+@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("gemm", 64)])
+def test_cuda_graph_capture_and_replay(regime, H, monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
     _, _, fused = modules(torch.float32, 5, H, num_layers=2, bidirectional=True)
     static_x = torch.randn(16, 4, 5, device=DEV)
     static_h = torch.randn(4, 4, H, device=DEV)
@@ -271,7 +274,7 @@ def test_autocast_runs_in_float16():
     assert_within_baseline(f, b, r, torch.float16)
 
 
-@pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33)])
+@pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33), ("gemm", 33)])
 def test_poisoned_buffers_are_overwritten(regime, H, monkeypatch):
     """Every torch.empty (inside the ops too) is NaN-filled: an unwritten element shows up as NaN."""
     monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)

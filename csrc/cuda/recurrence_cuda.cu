@@ -8,10 +8,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
 #include "cuda/recurrence_cuda.h"
 #include "cuda/recurrence_kernel.cuh"
+#include "recurrence_gemm.h"
 #include "rnn_stack.h"
 
 namespace fused_rnn {
@@ -58,16 +61,40 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
   });
 }
 
+// The per-step GEMM recurrence (recurrence_gemm.cpp) instead of the persistent kernel: float32 and
+// float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
+// faster than the kernel's per-CTA mat-vec (H200: B64 H2048 fp32 134 µs/step in the kernel). The
+// half types stay in the kernel, whose fp32 state keeps them as accurate as cuDNN.
+// FUSED_RNN_CUDA_REGIME=gemm forces it (float32/float64 only), =grid or =step rule it out.
+bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
+  const at::ScalarType st = buf.scalar_type();
+  if (st != at::kFloat && st != at::kDouble) return false;
+  const char* s = std::getenv("FUSED_RNN_CUDA_REGIME");
+  if (s != nullptr && std::strcmp(s, "gemm") == 0) return true;
+  if (s != nullptr && (std::strcmp(s, "grid") == 0 || std::strcmp(s, "step") == 0)) return false;
+  return B * H * H >= kGemmRecurrenceMinWork;
+}
+
 }  // namespace
 
 void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
                              const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy) {
+  if (use_gemm_recurrence(out, h0.size(1), w_hh.size(2))) {
+    const c10::cuda::CUDAGuard guard(out.device());
+    recurrence_forward_gemm(out, h0, w_hh, batch_sizes, relu, hy);
+    return;
+  }
   run(out, at::Tensor(), h0, w_hh, batch_sizes, relu, hy, /*backward=*/false);
 }
 
 void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
                               const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
                               const at::Tensor& dh0) {
+  if (use_gemm_recurrence(dpre, ghy.size(1), w_hh.size(2))) {
+    const c10::cuda::CUDAGuard guard(dpre.device());
+    recurrence_backward_gemm(dpre, y, ghy, w_hh, batch_sizes, relu, dh0);
+    return;
+  }
   run(dpre, y, ghy, w_hh, batch_sizes, relu, dh0, /*backward=*/true);
 }
 

@@ -64,6 +64,7 @@ struct Launch {
 enum class Mode { Single, Grid, Step };
 
 constexpr int kMaxThreads = 512;
+constexpr int kPrefetch = 4;  // epilogue items per thread whose inputs are loaded before the mat-vec
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(15); }
@@ -240,6 +241,20 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
       const int64_t c0 = ci * BT;
       const int nb = static_cast<int>(max64(0, min64(BT, nact - c0)));
       if (nb == 0) break;  // alive rows are a prefix; later tiles are empty too (CTA-uniform)
+      const int nitems = nb * J;  // epilogue items (b, j) of this tile; thread tid takes tid, tid + nt, ...
+      auto index_of = [&](int i) { return (off + c0 + i / J) * ld + int64_t(d) * H + j0 + i % J; };
+      // Load this step's pre-activations (and, in BPTT, the forward outputs) of the first kPrefetch
+      // items now, so that their global-memory latency overlaps the mat-vec instead of following it.
+      acc_t pre_in[kPrefetch], pre_y[kPrefetch];
+#pragma unroll
+      for (int q = 0; q < kPrefetch; ++q) {
+        const int i = tid + q * nt;
+        if (i < nitems) {
+          const int64_t idx = index_of(i);
+          pre_in[q] = static_cast<acc_t>(buf[idx]);
+          pre_y[q] = p.backward ? static_cast<acc_t>(yv[idx]) : acc_t(0);
+        }
+      }
       if constexpr (M == Mode::Single) {
         if (!p.backward) {
           for (int i = tid; i < nb * H; i += nt) {
@@ -259,27 +274,35 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
         });
       }
       acc_t* cur = M == Mode::Single ? nullptr : xslot(s);
-      for (int i = tid; i < nb * J; i += nt) {
+      // Item i: in = pre_t (forward) or g_t (BPTT) at buf[idx], yy = h_t (BPTT only).
+      auto epilogue = [&](int i, acc_t in, acc_t yy) {
         const int b = i / J, j = i % J, jg = j0 + j;
         const int64_t row = c0 + b;
-        const int64_t idx = (off + row) * ld + int64_t(d) * H + jg;
         const acc_t m = reduce(b, j);
         acc_t v;
         if (!p.backward) {
-          v = act(static_cast<acc_t>(buf[idx]) + m, p.relu);
+          v = act(in + m, p.relu);
           if (is_final(row)) hout[row * H + jg] = static_cast<T>(v);
         } else {
-          const acc_t g = static_cast<acc_t>(buf[idx]) + (reads_state(row) ? m : static_cast<acc_t>(hin[row * H + jg]));
-          const acc_t yy = static_cast<acc_t>(yv[idx]);
+          const acc_t g = in + (reads_state(row) ? m : static_cast<acc_t>(hin[row * H + jg]));
           v = p.relu ? (yy > acc_t(0) ? g : acc_t(0)) : g * (acc_t(1) - yy * yy);
           if (M != Mode::Single && is_final(row)) last[row * H + jg] = v;
         }
-        buf[idx] = static_cast<T>(v);
+        buf[index_of(i)] = static_cast<T>(v);
         if constexpr (M == Mode::Single) {
           vs[jg * BT + b] = v;  // safe: every read of vs in this step happened before matvec's last sync
         } else {
           cur[row * H + jg] = v;
         }
+      };
+#pragma unroll
+      for (int q = 0; q < kPrefetch; ++q) {
+        const int i = tid + q * nt;
+        if (i < nitems) epilogue(i, pre_in[q], pre_y[q]);
+      }
+      for (int i = tid + kPrefetch * nt; i < nitems; i += nt) {
+        const int64_t idx = index_of(i);
+        epilogue(i, static_cast<acc_t>(buf[idx]), p.backward ? static_cast<acc_t>(yv[idx]) : acc_t(0));
       }
     }
     if constexpr (M == Mode::Grid) {
