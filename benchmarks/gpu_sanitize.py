@@ -1,6 +1,8 @@
 """A small forward + backward through every CUDA regime, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py
+    compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...]
+
+DTYPE (float32, bfloat16, float64) limits the run to those dtypes (default: all three).
 
 FUSED_RNN_CUDA_REGIME forces the cooperative (grid) and per-step (step) kernels at small sizes;
 each configuration also checks its output against the CPU kernels, so a run that the sanitizer
@@ -21,6 +23,8 @@ def main() -> int:
     for regime in ("auto", "grid", "step", "gemm"):  # gemm: float32/float64 only
         os.environ["FUSED_RNN_CUDA_REGIME"] = regime
         for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float64, 9)):
+            if len(sys.argv) > 1 and str(dtype).split(".")[-1] not in sys.argv[1:]:
+                continue
             rnn = fused_rnn.RNN(6, H, num_layers=2, bidirectional=True, dtype=dtype)
             lengths = torch.tensor([5, 3, 5, 1, 2])
             x = torch.randn(5, 5, 6, dtype=dtype)

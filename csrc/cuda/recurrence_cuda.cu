@@ -63,7 +63,7 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
 
 // The per-step GEMM recurrence (recurrence_gemm.cpp) instead of the persistent kernel: float32 and
 // float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
-// faster than the kernel's per-CTA mat-vec (H200: B64 H2048 fp32 134 µs/step in the kernel). The
+// faster than the kernel's per-CTA mat-vec (H200: B64 H2048 fp32 135 µs/step in the kernel, 40 here). The
 // half types stay in the kernel, whose fp32 state keeps them as accurate as cuDNN.
 // FUSED_RNN_CUDA_REGIME=gemm forces it (float32/float64 only), =grid or =step rule it out.
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {

@@ -166,6 +166,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
     }
   };
 
+  // Split of a full k-tile among the KS threads of a unit (32-bit: my_ks·KT < 2^31 for every regime).
+  const int kb_full = my_ks * KT / KS, ke_full = (my_ks + 1) * KT / KS;
+
   // part[ks][b][j] = Σ_{k in split ks} M[j, k]·v[b, k]; load_v(b, k) supplies v (Grid/Step: staged
   // per k-tile; Single: v is already the state in vs and the caller has synchronised). Ends with
   // a __syncthreads so the partials are visible.
@@ -183,8 +186,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
         __syncthreads();
       }
       if (my_ks < KS) {
-        const int kb = k0 + static_cast<int>(int64_t(my_ks) * kt / KS);
-        const int ke = k0 + static_cast<int>(int64_t(my_ks + 1) * kt / KS);
+        // This thread's k-range of the tile; full tiles use the split computed once per launch.
+        const int kb = k0 + (kt == KT ? kb_full : my_ks * kt / KS);
+        const int ke = k0 + (kt == KT ? ke_full : (my_ks + 1) * kt / KS);
 #pragma unroll 4
         for (int k = kb; k < ke; ++k) {
           const acc_t w = weight(k);
@@ -256,7 +260,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
         }
       }
       if constexpr (M == Mode::Single) {
-        if (!p.backward) {
+        // Rows that start at this step load h0 into the state (forward: every row at the first
+        // step; reverse direction of a packed batch: the rows not alive at the step before).
+        const bool any_start = asc ? s == 0 : nnext < c0 + nb;
+        if (!p.backward && any_start) {
           for (int i = tid; i < nb * H; i += nt) {
             const int b = i / H, k = i % H;
             if (!reads_state(c0 + b)) vs[k * BT + b] = static_cast<acc_t>(hin[(c0 + b) * H + k]);
