@@ -1,8 +1,9 @@
 """A small forward + backward through every CUDA regime, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...]
+    compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...] [REGIME ...]
 
-DTYPE (float32, bfloat16, float64) limits the run to those dtypes (default: all three).
+DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm) arguments limit the run to
+those dtypes / regimes (default: all).
 
 FUSED_RNN_CUDA_REGIME forces the cooperative (grid) and per-step (step) kernels at small sizes;
 each configuration also checks its output against the CPU kernels, so a run that the sanitizer
@@ -20,10 +21,14 @@ def main() -> int:
     assert torch.cuda.is_available() and fused_rnn.cuda_available(), "needs a GPU and a CUDA build"
     torch.manual_seed(0)
     failures = 0
-    for regime in ("auto", "grid", "step", "gemm"):  # gemm: float32/float64 only
+    regimes = ("auto", "grid", "step", "gemm")  # gemm: float32/float64 only
+    dtypes = ("float32", "bfloat16", "float64")
+    only_regimes = [a for a in sys.argv[1:] if a in regimes] or regimes
+    only_dtypes = [a for a in sys.argv[1:] if a in dtypes] or dtypes
+    for regime in only_regimes:
         os.environ["FUSED_RNN_CUDA_REGIME"] = regime
         for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float64, 9)):
-            if len(sys.argv) > 1 and str(dtype).split(".")[-1] not in sys.argv[1:]:
+            if str(dtype).split(".")[-1] not in only_dtypes:
                 continue
             rnn = fused_rnn.RNN(6, H, num_layers=2, bidirectional=True, dtype=dtype)
             lengths = torch.tensor([5, 3, 5, 1, 2])
