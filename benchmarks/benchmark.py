@@ -121,8 +121,10 @@ def environment(args, device):
         "device": device, "dtypes": args.dtype, "modes": args.modes, "quick": args.quick,
     }
     try:
+        # FUSED_RNN_GIT_COMMIT names the commit where the checkout's git metadata is missing or stale
+        # (a copied working tree on a lent GPU machine).
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
+        env["git_commit"] = os.environ.get("FUSED_RNN_GIT_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
                                            capture_output=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
