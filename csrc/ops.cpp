@@ -89,8 +89,8 @@ void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, co
 
 namespace {
 
-const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu};
-const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm};
+const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu, small_projection_cpu};
+const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm, small_projection_cpu};
 
 // FUSED_RNN_CPU_REGIME=gemm runs the per-step GEMM recurrence (recurrence_gemm.cpp, which the CUDA
 // build uses for large steps) on the CPU, so that the CPU test suite checks it against nn.RNN.

@@ -37,9 +37,19 @@ using RecurrenceBackwardFn = void (*)(const at::Tensor& dpre, const at::Tensor& 
                                       const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
                                       const at::Tensor& dh0);
 
+// Optional: the input projection of one layer for sizes too small for a library GEMM call to pay
+// off (on the CPU an addmm of a few thousand multiply-adds costs ~15 µs of call overhead). Writes
+//   out [N, D*H] = in [N, I_l] · W_ih[d]ᵀ + b_ih[d] + b_hh[d]   for each direction d
+// and returns true, or returns false and writes nothing when it does not apply.
+//   params: the layer's nn.RNN weights, per direction w_ih [H, I_l], w_hh [H, H], then b_ih, b_hh
+//   when has_biases.
+using SmallProjectionFn = bool (*)(const at::Tensor& out, const at::Tensor& in, at::TensorList params, int64_t D,
+                                   bool has_biases);
+
 struct RecurrenceKernels {
   RecurrenceForwardFn forward;
   RecurrenceBackwardFn backward;
+  SmallProjectionFn small_projection = nullptr;
 };
 
 // Host-side view of the step layout, built once per call from batch_sizes (or T, B).
@@ -63,5 +73,7 @@ void recurrence_forward_cpu(const at::Tensor& out, const at::Tensor& h0, const a
 void recurrence_backward_cpu(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
                              const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
                              const at::Tensor& dh0);
+bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::TensorList params, int64_t D,
+                          bool has_biases);
 
 }  // namespace fused_rnn

@@ -120,11 +120,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
   at::Tensor reserve = at::empty(reserve_shape, a.input.options());
   at::Tensor hy = at::empty_like(hx);
 
+  const int64_t per_layer = D * weights_per_layer(a.has_biases);
   for (const auto l : c10::irange(L)) {
-    const LayerWeights lw = layer_weights(a, l);
     const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
     at::Tensor out = (l == L - 1 ? output : reserve[l]).view({N, D * H});
-    if (lw.bias.defined()) {
+    const bool projected = k.small_projection != nullptr &&
+                           k.small_projection(out, in, a.weights.slice(l * per_layer, per_layer), D, a.has_biases);
+    const LayerWeights lw = layer_weights(a, l, /*with_bias=*/!projected);
+    if (projected) {
+      // out already holds the projection
+    } else if (lw.bias.defined()) {
       at::addmm_out(out, lw.bias, in, lw.w_ih.t());
     } else {
       at::mm_out(out, in, lw.w_ih.t());
