@@ -127,11 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
     const bool projected = k.small_projection != nullptr &&
                            k.small_projection(out, in, a.weights.slice(l * per_layer, per_layer), D, a.has_biases);
     const LayerWeights lw = layer_weights(a, l, /*with_bias=*/!projected);
-    if (projected) {
-      // out already holds the projection
-    } else if (lw.bias.defined()) {
+    if (!projected && lw.bias.defined()) {
       at::addmm_out(out, lw.bias, in, lw.w_ih.t());
-    } else {
+    } else if (!projected) {
       at::mm_out(out, in, lw.w_ih.t());
     }
     k.forward(out, layer_state(hx, l, D), lw.w_hh, bs, a.relu, layer_state(hy, l, D));

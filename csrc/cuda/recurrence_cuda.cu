@@ -8,8 +8,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 
 #include "cuda/recurrence_cuda.h"
@@ -69,10 +67,12 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
-  const char* s = std::getenv("FUSED_RNN_CUDA_REGIME");
-  if (s != nullptr && std::strcmp(s, "gemm") == 0) return true;
-  if (s != nullptr && (std::strcmp(s, "grid") == 0 || std::strcmp(s, "step") == 0)) return false;
-  return B * H * H >= kGemmRecurrenceMinWork;
+  switch (cuda::forced_regime()) {
+    case cuda::ForcedRegime::Gemm: return true;
+    case cuda::ForcedRegime::Grid:
+    case cuda::ForcedRegime::Step: return false;
+    default: return B * H * H >= kGemmRecurrenceMinWork;
+  }
 }
 
 }  // namespace

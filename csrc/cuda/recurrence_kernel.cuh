@@ -435,13 +435,27 @@ void launch_steps(RecParams p, const DeviceInfo& dev, at::Device device, cudaStr
   }
 }
 
-// FUSED_RNN_CUDA_REGIME=grid or =step skips the faster regimes, so that tests and compute-sanitizer
-// cover every path at small sizes. Unset (or anything else): automatic.
-inline Mode first_regime() {
+// FUSED_RNN_CUDA_REGIME forces a regime, so that tests and compute-sanitizer cover every path at
+// small sizes: grid or step skip the faster kernels, gemm takes the per-step GEMM path (chosen in
+// recurrence_cuda.cu, float32/float64 only). Unset (or anything else): automatic.
+enum class ForcedRegime { None, Grid, Step, Gemm };
+
+inline ForcedRegime forced_regime() {
   const char* s = std::getenv("FUSED_RNN_CUDA_REGIME");
-  if (s != nullptr && std::strcmp(s, "grid") == 0) return Mode::Grid;
-  if (s != nullptr && std::strcmp(s, "step") == 0) return Mode::Step;
-  return Mode::Single;
+  if (s == nullptr) return ForcedRegime::None;
+  if (std::strcmp(s, "grid") == 0) return ForcedRegime::Grid;
+  if (std::strcmp(s, "step") == 0) return ForcedRegime::Step;
+  if (std::strcmp(s, "gemm") == 0) return ForcedRegime::Gemm;
+  return ForcedRegime::None;
+}
+
+// The first kernel regime launch_recurrence tries.
+inline Mode first_regime() {
+  switch (forced_regime()) {
+    case ForcedRegime::Grid: return Mode::Grid;
+    case ForcedRegime::Step: return Mode::Step;
+    default: return Mode::Single;
+  }
 }
 
 template <typename T>
