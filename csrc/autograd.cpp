@@ -2,9 +2,10 @@
 // registration adds ~100 µs per call, more than the whole forward of a small RNN).
 //   rnn_forward:  one node for the whole multi-layer RNN; its backward is the rnn_backward op.
 //   rnn_backward: not differentiable; differentiating it (double backward) raises a clear error.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include "op_handles.h"
 
 namespace fused_rnn {
 namespace {
@@ -12,24 +13,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using at::Tensor;
-
-using ForwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, at::TensorList,
-                                                      const std::optional<Tensor>&, const std::optional<Tensor>&,
-                                                      int64_t, bool, bool, bool);
-using BackwardSig = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList, const std::optional<Tensor>&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, int64_t, bool, bool, bool);
-
-const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fused_rnn::rnn_forward", "").typed<ForwardSig>();
-  return op;
-}
-const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fused_rnn::rnn_backward", "").typed<BackwardSig>();
-  return op;
-}
 
 std::optional<Tensor> opt(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
 
@@ -39,7 +22,7 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
                                const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask,
                                int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, hy, reserve] = forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers,
+    auto [output, hy, reserve] = rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers,
                                                    bidirectional, relu, has_biases);
     variable_list saved{input, hx, batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
     saved.insert(saved.end(), weights.begin(), weights.end());
@@ -58,7 +41,7 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const Tensor grad_hy = grads[1].defined() ? grads[1] : at::zeros_like(hx);
     auto [grad_input, grad_hx, grad_weights] =
-        backward_op().call(grad_output, grad_hy, input, hx, weights, opt(s[2]), opt(s[3]), output, reserve, cfg[0],
+        rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, opt(s[2]), opt(s[3]), output, reserve, cfg[0],
                            cfg[1] != 0, cfg[2] != 0, cfg[3] != 0);
     // One gradient per forward input, TensorList flattened: input, hx, weights..., then the
     // non-differentiable batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases.
@@ -78,7 +61,7 @@ class RnnBackward : public torch::autograd::Function<RnnBackward> {
                                bool relu, bool has_biases) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_input, grad_hx, grad_weights] =
-        backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
+        rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
                            num_layers, bidirectional, relu, has_biases);
     variable_list result{grad_input, grad_hx};
     result.insert(result.end(), grad_weights.begin(), grad_weights.end());
@@ -107,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
                                                         bool bidirectional, bool relu, bool has_biases) {
   if (!any_requires_grad(input, hx, weights)) {  // inference: skip building an autograd node
     at::AutoDispatchBelowADInplaceOrView guard;
-    return forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+    return rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
                              has_biases);
   }
   auto r = RnnForward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
@@ -122,7 +105,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(
   if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || grad_hy.requires_grad() ||
                                        any_requires_grad(input, hx, weights))) {  // the usual case
     at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
+    return rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
                               num_layers, bidirectional, relu, has_biases);
   }
   auto r = RnnBackward::apply(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,

@@ -2,7 +2,6 @@
 // The CUDA build adds TORCH_LIBRARY_IMPL(fused_rnn, CUDA, ...) in csrc/cuda/.
 #include <ATen/ATen.h>
 #include <torch/library.h>
-#include <Python.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -89,12 +88,14 @@ void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, co
 
 namespace {
 
-const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu, small_projection_cpu};
-const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm, small_projection_cpu};
+const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu, small_projection_cpu,
+                                         small_layer_grads_cpu};
+const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm};
 
-// FUSED_RNN_CPU_REGIME=gemm runs the per-step GEMM recurrence (recurrence_gemm.cpp, which the CUDA
-// build uses for large steps) on the CPU, so that the CPU test suite checks it against nn.RNN.
-// Unset or anything else: the fused CPU kernel.
+// FUSED_RNN_CPU_REGIME=gemm runs what the CUDA build runs for large steps on the CPU: the per-step
+// GEMM recurrence (recurrence_gemm.cpp) and the stack's ATen projection and gradients at every size
+// (no tiny-layer loops), so that the CPU test suite checks that device-agnostic path against nn.RNN.
+// Unset or anything else: the fused CPU kernel and, for tiny layers, small_layer_cpu.cpp's loops.
 const RecurrenceKernels& cpu_kernels() {
   const char* s = std::getenv("FUSED_RNN_CPU_REGIME");
   return s != nullptr && std::strcmp(s, "gemm") == 0 ? kCpuGemmKernels : kCpuFusedKernels;
@@ -165,20 +166,3 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
 }
 
 }  // namespace fused_rnn
-
-// A plain Python module so that `import fused_rnn._C` loads the library and runs the
-// registrations above. with_cuda() reports whether the CUDA kernels were compiled in.
-namespace {
-PyObject* with_cuda(PyObject*, PyObject*) {
-#ifdef FUSED_RNN_WITH_CUDA
-  Py_RETURN_TRUE;
-#else
-  Py_RETURN_FALSE;
-#endif
-}
-PyMethodDef methods[] = {{"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
-                         {nullptr, nullptr, 0, nullptr}};
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
-}  // namespace
-
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

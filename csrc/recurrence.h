@@ -20,6 +20,22 @@
 
 namespace fused_rnn {
 
+// Host-side view of the step layout, built once per call from batch_sizes (or T, B).
+struct StepLayout {
+  int64_t T = 0;
+  int64_t B = 0;
+  std::vector<int64_t> batch;   // [T + 1], batch[T] = 0 so "rows that end at step t" is batch[t+1]..batch[t]
+  std::vector<int64_t> offset;  // [T + 1], offset[T] = N
+
+  // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
+  StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
+  bool uniform() const { return uniform_; }
+  int64_t rows() const { return offset[T]; }
+
+ private:
+  bool uniform_ = true;
+};
+
 // Forward recurrence of one layer, all directions, in place.
 //   out  [N, D*H]  on entry: pre_t = x_t·W_ihᵀ + b_ih + b_hh;  on exit: h_t = act(pre_t + h_{t-1}·W_hhᵀ)
 //   h0   [D, B, H] initial hidden state            w_hh [D, H, H]
@@ -46,26 +62,24 @@ using RecurrenceBackwardFn = void (*)(const at::Tensor& dpre, const at::Tensor& 
 using SmallProjectionFn = bool (*)(const at::Tensor& out, const at::Tensor& in, at::TensorList params, int64_t D,
                                    bool has_biases);
 
+// Optional, the backward's counterpart: one layer's weight and input gradients for sizes too small
+// for library GEMM calls to pay off (five of them, plus a sum, narrows and clones: ~40 µs of call
+// overhead on the CPU around a few thousand multiply-adds). With δ = dpre [N, D*H] (after BPTT),
+// the layer input in [N, I_l], its output y [N, D*H] and h0 [D, B, H], allocates and writes, per
+// direction d (grads[d*per + k], per = 4 with biases, else 2, nn.RNN's order):
+//   dW_ih[d] = δ_dᵀ · in  [H, I_l]      dW_hh[d] = Σ_t δ_d,tᵀ · h_prev_t  [H, H]
+//   db_ih[d] = db_hh[d] = Σ_n δ_d  [H]
+// and dx = Σ_d δ_d · W_ih[d]  [N, I_l]; returns true. Returns false, writing nothing, when it does
+// not apply. h_prev_t is the state step t read: h0 or the previous step of the direction's order.
+using SmallLayerGradsFn = bool (*)(const at::Tensor& dpre, const at::Tensor& in, const at::Tensor& y,
+                                   const at::Tensor& h0, const StepLayout& lay, at::TensorList params, int64_t D,
+                                   bool has_biases, at::Tensor* grads, at::Tensor& dx);
+
 struct RecurrenceKernels {
   RecurrenceForwardFn forward;
   RecurrenceBackwardFn backward;
   SmallProjectionFn small_projection = nullptr;
-};
-
-// Host-side view of the step layout, built once per call from batch_sizes (or T, B).
-struct StepLayout {
-  int64_t T = 0;
-  int64_t B = 0;
-  std::vector<int64_t> batch;   // [T + 1], batch[T] = 0 so "rows that end at step t" is batch[t+1]..batch[t]
-  std::vector<int64_t> offset;  // [T + 1], offset[T] = N
-
-  // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
-  StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
-  bool uniform() const { return uniform_; }
-  int64_t rows() const { return offset[T]; }
-
- private:
-  bool uniform_ = true;
+  SmallLayerGradsFn small_layer_grads = nullptr;
 };
 
 void recurrence_forward_cpu(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
@@ -75,5 +89,8 @@ void recurrence_backward_cpu(const at::Tensor& dpre, const at::Tensor& y, const 
                              const at::Tensor& dh0);
 bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::TensorList params, int64_t D,
                           bool has_biases);
+bool small_layer_grads_cpu(const at::Tensor& dpre, const at::Tensor& in, const at::Tensor& y, const at::Tensor& h0,
+                           const StepLayout& lay, at::TensorList params, int64_t D, bool has_biases, at::Tensor* grads,
+                           at::Tensor& dx);
 
 }  // namespace fused_rnn

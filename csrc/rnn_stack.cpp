@@ -148,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
   const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
   const int64_t N = x.size(0);
   const StepLayout lay(bs, N, B);
+  const int64_t per_layer = D * weights_per_layer(a.has_biases);
 
   at::Tensor grad_hx = at::empty_like(hx);
   std::vector<at::Tensor> grad_weights(a.weights.size());
@@ -161,20 +162,26 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
     const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
     k.backward(dpre, y, layer_state(ghy, l, D), lw.w_hh, bs, a.relu, layer_state(grad_hx, l, D));
 
-    const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
-    const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]
-    for (const auto d : c10::irange(D)) {
-      const int64_t base = (l * D + d) * weights_per_layer(a.has_biases);
-      const at::Tensor delta_d = dpre.narrow(1, d * H, H);
-      // Gradients are returned as separate tensors (op outputs may not alias each other).
-      grad_weights[base + 0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();
-      grad_weights[base + 1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1);
-      if (a.has_biases) {
-        grad_weights[base + 2] = D == 1 ? db : db.narrow(0, d * H, H).clone();
-        grad_weights[base + 3] = db.narrow(0, d * H, H).clone();
+    at::Tensor dx;  // [N, I_l]
+    at::Tensor* grads = grad_weights.data() + l * per_layer;
+    if (k.small_layer_grads == nullptr ||
+        !k.small_layer_grads(dpre, in, y, layer_state(hx, l, D), lay, a.weights.slice(l * per_layer, per_layer), D,
+                             a.has_biases, grads, dx)) {
+      const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
+      const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]
+      for (const auto d : c10::irange(D)) {
+        at::Tensor* g = grads + d * weights_per_layer(a.has_biases);
+        const at::Tensor delta_d = dpre.narrow(1, d * H, H);
+        // Gradients are returned as separate tensors (op outputs may not alias each other).
+        g[0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();
+        g[1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1);
+        if (a.has_biases) {
+          g[2] = D == 1 ? db : db.narrow(0, d * H, H).clone();
+          g[3] = db.narrow(0, d * H, H).clone();
+        }
       }
+      dx = dpre.mm(lw.w_ih);
     }
-    at::Tensor dx = dpre.mm(lw.w_ih);  // [N, I_l]
     if (l > 0) {
       dpre = mask.defined() ? dx.mul_(mask[l - 1].view({N, D * H})) : dx;
     } else {

@@ -77,19 +77,25 @@ def rnn(
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     relu = nonlinearity == "relu"
+    bidirectional, bias = bool(bidirectional), bool(bias)  # nn.RNN takes any truthy value, the op's schema bools
     if batch_first and batch_sizes is None:
         input = input.transpose(0, 1)
     mask = None
     if training and dropout > 0 and num_layers > 1:
         d = 2 if bidirectional else 1
         mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * hx.shape[2]), dropout, input)
-    if batch_sizes is None and _onnx.exporting():  # torch.onnx.export: ONNX's RNN operator, see fused_rnn/onnx.py
-        output, hy = _onnx.rnn_symbolic(input, hx, weights, num_layers, bidirectional, relu, bias, mask)
+    # The op is differentiable through its C++ autograd kernel (csrc/autograd.cpp, a
+    # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost
+    # (~150 µs per training step on a small RNN).
+    if torch.compiler.is_compiling():
+        if batch_sizes is None and _onnx.exporting():  # torch.onnx.export: ONNX's RNN operator, see fused_rnn/onnx.py
+            output, hy = _onnx.rnn_symbolic(input, hx, weights, num_layers, bidirectional, relu, bias, mask)
+        else:
+            output, hy, _ = ops.rnn_forward(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu,
+                                            bias)
     else:
-        # The op is differentiable through its C++ autograd kernel (csrc/autograd.cpp, a
-        # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost
-        # (~150 µs per training step on a small RNN).
-        output, hy, _ = ops.rnn_forward(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu, bias)
+        output, hy, _ = ops.rnn_forward_eager(input, hx, weights, batch_sizes, mask, num_layers, bidirectional, relu,
+                                              bias)
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     return output, hy

@@ -17,6 +17,16 @@ from . import _C
 
 rnn_forward = torch.ops.fused_rnn.rnn_forward
 rnn_backward = torch.ops.fused_rnn.rnn_backward
+_has_torch_function = torch._C._has_torch_function
+
+
+def rnn_forward_eager(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases):
+    """rnn_forward for eager code (not while torch.compile / torch.export trace): through _C's direct
+    entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching,
+    ~8 µs), unless a __torch_function__ override or mode is there to see the call as the op."""
+    if _has_torch_function((input, hx, *weights)):
+        return rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
+    return _C.rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
 
 
 def with_cuda() -> bool:

@@ -1,0 +1,95 @@
+// The Python module fused_rnn._C. Importing it loads this library, which runs the op registrations
+// (ops.cpp, autograd.cpp, cuda/). It also offers:
+//   with_cuda()       whether the CUDA kernels were compiled in
+//   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward,
+//                     called through the dispatcher's typed handle. torch.ops matches the arguments
+//                     against the schema in Python and boxes them (~8 µs a call on the 2-core CI
+//                     machine, as long as a whole tiny RNN's forward); this entry parses nine
+//                     positional arguments by hand. It dispatches exactly like the op (autograd,
+//                     Python dispatch modes included); fused_rnn/ops.py uses it only where no
+//                     __torch_function__ override could want to see the call.
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pythoncapi_compat.h>
+
+#include <optional>
+#include <vector>
+
+#include "op_handles.h"
+
+namespace {
+
+PyObject* with_cuda(PyObject*, PyObject*) {
+#ifdef FUSED_RNN_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+const at::Tensor& tensor_arg(PyObject* o, const char* name) {
+  TORCH_CHECK_TYPE(THPVariable_Check(o), "fused_rnn._C.rnn_forward: ", name, " must be a Tensor, got ",
+                   Py_TYPE(o)->tp_name);
+  return THPVariable_Unpack(o);
+}
+
+std::optional<at::Tensor> optional_tensor_arg(PyObject* o, const char* name) {
+  if (o == Py_None) return std::nullopt;
+  return tensor_arg(o, name);
+}
+
+bool bool_arg(PyObject* o, const char* name) {
+  TORCH_CHECK_TYPE(PyBool_Check(o), "fused_rnn._C.rnn_forward: ", name, " must be a bool, got ", Py_TYPE(o)->tp_name);
+  return o == Py_True;
+}
+
+// rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
+PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK_TYPE(nargs == 9, "fused_rnn._C.rnn_forward takes 9 positional arguments, got ", nargs);
+  const at::Tensor& input = tensor_arg(args[0], "input");
+  const at::Tensor& hx = tensor_arg(args[1], "hx");
+  PyObject* seq = args[2];
+  TORCH_CHECK_TYPE(PyList_Check(seq) || PyTuple_Check(seq), "fused_rnn._C.rnn_forward: weights must be a list");
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  std::vector<at::Tensor> weights;
+  weights.reserve(n);
+  for (Py_ssize_t i = 0; i < n; ++i) weights.push_back(tensor_arg(items[i], "weights[i]"));
+  const std::optional<at::Tensor> batch_sizes = optional_tensor_arg(args[3], "batch_sizes");
+  const std::optional<at::Tensor> dropout_mask = optional_tensor_arg(args[4], "dropout_mask");
+  TORCH_CHECK_TYPE(PyLong_Check(args[5]) && !PyBool_Check(args[5]), "fused_rnn._C.rnn_forward: num_layers must be an int");
+  const int64_t num_layers = PyLong_AsLongLong(args[5]);
+  if (num_layers == -1 && PyErr_Occurred()) return nullptr;
+  const bool bidirectional = bool_arg(args[6], "bidirectional");
+  const bool relu = bool_arg(args[7], "relu");
+  const bool has_biases = bool_arg(args[8], "has_biases");
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> r;
+  {
+    pybind11::gil_scoped_release no_gil;
+    r = fused_rnn::rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional,
+                                         relu, has_biases);
+  }
+  PyObject* output = THPVariable_Wrap(std::move(std::get<0>(r)));
+  PyObject* hy = THPVariable_Wrap(std::move(std::get<1>(r)));
+  PyObject* reserve = THPVariable_Wrap(std::move(std::get<2>(r)));
+  PyObject* out = output && hy && reserve ? PyTuple_Pack(3, output, hy, reserve) : nullptr;
+  Py_XDECREF(output);
+  Py_XDECREF(hy);
+  Py_XDECREF(reserve);
+  return out;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
+    {"rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)), METH_FASTCALL,
+     "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
+    {nullptr, nullptr, 0, nullptr}};
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }
