@@ -12,6 +12,7 @@ build the CUDA kernels.
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -72,6 +73,13 @@ with_cuda, cuda_home = _want_cuda()
 os.environ.setdefault("MAX_JOBS", _default_max_jobs())
 
 cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=fast"]
+# at::parallel_for is a header template: its `#pragma omp parallel` runs threads only in code compiled
+# with -fopenmp; without it every parallel_for in this extension silently runs on the calling thread.
+# (The OpenMP runtime it links, libgomp.so.1, is the one torch has already loaded: same soname.)
+link_flags = []
+if sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = []
 include_dirs = [os.path.join(ROOT, "csrc")]
@@ -93,6 +101,7 @@ if with_cuda:
             "nvcc": ["-O3", "-lineinfo", "--threads", "2",
                      "-Xptxas=-warn-spills"],
         },
+        extra_link_args=link_flags,
     )
 else:
     ext = cpp_extension.CppExtension(
@@ -101,6 +110,7 @@ else:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 print(f"fused_rnn: building {'CPU + CUDA' if with_cuda else 'CPU only'} kernels")

@@ -1,6 +1,8 @@
 // The Python module fused_rnn._C. Importing it loads this library, which runs the op registrations
 // (ops.cpp, autograd.cpp, cuda/). It also offers:
 //   with_cuda()       whether the CUDA kernels were compiled in
+//   parallel_threads_used()  how many threads one at::parallel_for in this library spreads over:
+//                     a build check (compiled without -fopenmp, parallel_for runs on the caller only)
 //   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward,
 //                     called through the dispatcher's typed handle. torch.ops matches the arguments
 //                     against the schema in Python and boxes them (~8 µs a call on the 2-core CI
@@ -8,11 +10,13 @@
 //                     positional arguments by hand. It dispatches exactly like the op (autograd,
 //                     Python dispatch modes included); fused_rnn/ops.py uses it only where no
 //                     __torch_function__ override could want to see the call.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pythoncapi_compat.h>
 
+#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -26,6 +30,23 @@ PyObject* with_cuda(PyObject*, PyObject*) {
 #else
   Py_RETURN_FALSE;
 #endif
+}
+
+PyObject* parallel_threads_used(PyObject*, PyObject*) {
+  HANDLE_TH_ERRORS
+  const int n = at::get_num_threads();
+  std::vector<std::atomic<int>> seen(n);
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, 4 * n, 1, [&](int64_t, int64_t) {
+      const int tid = at::get_thread_num();
+      if (tid >= 0 && tid < n) seen[tid].store(1);
+    });
+  }
+  long used = 0;
+  for (const auto& s : seen) used += s.load();
+  return PyLong_FromLong(used);
+  END_HANDLE_TH_ERRORS
 }
 
 const at::Tensor& tensor_arg(PyObject* o, const char* name) {
@@ -85,6 +106,8 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
+    {"parallel_threads_used", parallel_threads_used, METH_NOARGS,
+     "Threads one at::parallel_for in this library runs on (1 if built without OpenMP)."},
     {"rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)), METH_FASTCALL,
      "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -1,12 +1,20 @@
-"""The CPU recurrence's code paths: the float32 rational tanh, relu, the micro-kernel (small H)
-and the BLAS step GEMM (large H), row-remainder tiles and thread splits over B, uneven packed
-lengths. Which SIMD build runs (AVX2 or baseline) is chosen by the CPU: this tests the one that runs."""
+"""The CPU recurrence's code paths: the float32 rational tanh, relu, the micro-kernel's register
+tiles and their row remainders, thread splits over B, uneven packed lengths, the tiny-layer
+gradient loops. Every test runs twice: on the AVX2+FMA build of the task loops (what this machine
+picks) and on the baseline x86-64 build (FUSED_RNN_CPU_ISA=baseline: what a CPU without AVX2 runs,
+with BLAS for large step GEMMs)."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import fused_rnn
 from conftest import assert_same_run, run, twins
+
+
+@pytest.fixture(autouse=True, params=["avx2", "baseline"])
+def isa(request, monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_CPU_ISA", request.param)
+    return request.param
 
 
 def _pointwise_rnn(n, nonlinearity):
@@ -78,16 +86,16 @@ def test_float64_tanh_is_exact_libm():
     torch.testing.assert_close(y, torch.tanh(x), rtol=1e-15, atol=1e-16)
 
 
-# B sweeps: remainders of the 4-row register tile (1, 2, 3 rows) alone and after a split of the rows
-# over two threads (H=33 splits from B=31 on: 36+31, 36+30, 20+13 rows ...). H=300 with B<=2 runs
-# the micro-kernel, with B>=3 rows per block the BLAS step GEMM.
+# B sweeps: remainders of the 6-row register tile (1..5 rows) alone and after a split of the rows
+# over two threads (balanced halves: H=33 splits from B=31 on, 16+15, 33+33, 34+33 rows ...). In the
+# baseline build H=300 runs the micro-kernel for B<=2 and the BLAS step GEMM from 3 rows per block.
 B_SWEEP = {7: [1, 2, 3, 4, 5, 70],
            33: [1, 2, 3, 5, 6, 7, 9, 31, 33, 64, 66, 67, 70],
            300: [1, 2, 3, 5, 6, 7, 9, 33, 70]}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("H", [7, 33, 300])  # 7, 33: micro-kernel (partial panels); 300: BLAS step GEMM
+@pytest.mark.parametrize("H", [7, 33, 300])  # partial panels; 300: BLAS step GEMM in the baseline build
 def test_batch_sweep_against_nn_rnn(H, dtype):
     T = 3 if H == 300 else 8
     for nonlinearity, bidirectional in (("tanh", False), ("relu", True)):
@@ -135,5 +143,54 @@ def test_threads_agree_with_nn_rnn():
             assert_same_run(r, f, torch.float32)
             results.append(f)
         assert_same_run(results[0], results[1], torch.float32)
+    finally:
+        torch.set_num_threads(prev)
+
+
+# A layer's weight and input gradients run as plain loops (csrc/cpu/small_layer_cpu.cpp) while
+# N·D·H·(2·I_l + H) <= 2^16 multiply-adds, else as ATen GEMMs (rnn_stack.cpp). Packed input with
+# uneven lengths in both directions, no-bias and relu variants, on both sides of that line:
+# (N = 9 rows, H = 8: ~2.5k per layer; N = 120, H = 48: ~1.1M).
+@pytest.mark.parametrize("H, lengths", [(8, [4, 3, 1, 1]), (48, [20, 20, 20, 17, 13, 11, 10, 9])],
+                         ids=["tiny_loops", "aten_gemms"])
+@pytest.mark.parametrize("nonlinearity, bias", [("tanh", True), ("relu", False)])
+def test_layer_gradients_either_side_of_the_tiny_layer_line(H, lengths, nonlinearity, bias, poison):
+    ref, fused = twins(5, H, 2, nonlinearity, bias=bias, bidirectional=True)
+    if nonlinearity == "relu":
+        with torch.no_grad():
+            for m in (ref, fused):
+                for n, p in m.named_parameters():
+                    p.mul_(0.5)
+    x = pack_sequence([torch.randn(n, 5, dtype=torch.float64) for n in lengths], enforce_sorted=False)
+    hx = torch.randn(4, len(lengths), H, dtype=torch.float64)
+    assert_same_run(run(ref, x, hx), run(fused, x, hx), torch.float64)
+    xd = torch.randn(3, 2, 5, dtype=torch.float64)  # dense, hx omitted: zeros
+    assert_same_run(run(ref, xd), run(fused, xd), torch.float64)
+
+
+def test_isa_switch_takes_effect(monkeypatch):
+    """The two builds differ in the last bits of float32 (FMA contraction in the AVX2 one only), so
+    the switch does reach the kernel and the tests above do run both; they agree to rounding."""
+    model = fused_rnn.RNN(16, 64)
+    x = torch.randn(30, 7, 16) * 2
+    with torch.no_grad():
+        monkeypatch.setenv("FUSED_RNN_CPU_ISA", "avx2")
+        a = model(x)[0]
+        monkeypatch.setenv("FUSED_RNN_CPU_ISA", "baseline")
+        b = model(x)[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert not torch.equal(a, b)
+
+
+def test_parallel_for_runs_on_every_thread():
+    """A build check: the row-block tasks use at::parallel_for, whose OpenMP pragma only runs threads
+    in code compiled with -fopenmp (without it, it silently ran on one thread)."""
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fused_rnn._C.parallel_threads_used() == 2
+        torch.set_num_threads(1)
+        assert fused_rnn._C.parallel_threads_used() == 1
     finally:
         torch.set_num_threads(prev)

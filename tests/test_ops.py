@@ -289,3 +289,72 @@ def test_dropout_single_layer_warns_and_is_ignored():
         warnings.simplefilter("error")
         a, b = model(x)[0], model(x)[0]
     assert torch.equal(a, b)
+
+
+# ---- fused_rnn._C.rnn_forward: the eager entry point (csrc/python_module.cpp) -------------------
+
+def test_eager_entry_point_is_the_op():
+    """Same results, bit for bit, as torch.ops, and the same autograd node (C++ autograd kernel)."""
+    args = make_args(requires_grad=True, mask_p=0.3)
+    values = list(args.values())
+    fast = fused_rnn._C.rnn_forward(*values)
+    slow = torch.ops.fused_rnn.rnn_forward(*values)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+    assert type(fast[0].grad_fn) is type(slow[0].grad_fn) and fast[0].grad_fn is not None
+    inputs = [args["input"], args["hx"], *args["weights"]]
+    g_fast = torch.autograd.grad(fast[0].sum() + fast[1].sum(), inputs)
+    g_slow = torch.autograd.grad(slow[0].sum() + slow[1].sum(), inputs)
+    for a, b in zip(g_fast, g_slow):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert fused_rnn._C.rnn_forward(*values)[0].grad_fn is None
+
+
+def test_eager_entry_point_rejects_bad_arguments():
+    args = make_args()
+    values = list(args.values())
+    with pytest.raises(TypeError, match="takes 9 positional arguments"):
+        fused_rnn._C.rnn_forward(*values[:8])
+    with pytest.raises(TypeError, match="hx must be a Tensor"):
+        fused_rnn._C.rnn_forward(values[0], None, *values[2:])
+    with pytest.raises(TypeError, match="weights must be a list"):
+        fused_rnn._C.rnn_forward(*values[:2], values[2][0], *values[3:])
+    with pytest.raises(TypeError, match="bidirectional must be a bool"):
+        fused_rnn._C.rnn_forward(*values[:6], 1, *values[7:])
+    with pytest.raises(RuntimeError, match="Expected hidden size"):  # the op's own checks still run
+        fused_rnn._C.rnn_forward(values[0], values[1][:, :1], *values[2:])
+
+
+def test_module_call_visible_to_torch_function_and_dispatch_modes():
+    """A __torch_function__ mode sees the op (the module then calls it through torch.ops); a
+    __torch_dispatch__ mode sees it on the eager entry point too (it dispatches like the op)."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record:
+        def __init__(self):
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    class FunctionRecord(Record, TorchFunctionMode):
+        pass
+
+    class DispatchRecord(Record, TorchDispatchMode):
+        pass
+
+    model = fused_rnn.RNN(4, 6, dtype=torch.float64)
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    want = model(x)[0]
+    for mode in (FunctionRecord(), DispatchRecord()):
+        with mode:
+            got = model(x)[0]
+        assert any("fused_rnn.rnn_forward" in s for s in mode.seen), mode.seen
+        assert torch.equal(got, want)

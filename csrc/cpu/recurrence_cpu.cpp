@@ -4,160 +4,56 @@
 // h_{t-1}·W_hhᵀ and applies the activation in place, with no allocation and no dispatcher call
 // inside the step loop. Batch rows are independent, so the work is split into tasks of
 // (direction, block of rows) that each run the whole time loop on their own thread: one parallel
-// region per call, not one per step. The step GEMM is BLAS when it is large and BLAS is exported
-// (then one task per direction, BLAS threading over the columns), otherwise a register-tiled
-// micro-kernel over W_hh packed once per call.
+// region per call, not one per step. The step GEMM is a register-tiled micro-kernel over W_hh
+// packed once per call (simd.h), in an AVX2+FMA build where the CPU has it; the baseline build
+// sends large steps to BLAS instead (then one task per direction, BLAS threading over columns).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/irange.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cpu/blas.h"
-#include "cpu/simd.h"
+#include "cpu/panel_layout.h"
+#include "cpu/recurrence_task.h"
 #include "recurrence.h"
 
 namespace fused_rnn {
 namespace {
 
-using cpu::Simd;
+using cpu::StepGemm;
+using cpu::Task;
 
-// Step GEMM of at least this many multiply-adds (per task) goes to BLAS: a call costs about a
-// microsecond, and the 4x16 micro-kernel wins below it (e.g. 4 rows x H=64: 3.5 vs 6.7 µs/step) but
-// loses above (16 rows x H=128: 40 vs 27 µs/step). Measured with benchmarks/benchmark.py --quick on
-// the 2-core AMD EPYC (noisy shared machine: the crossover is approximate).
-constexpr int64_t kBlasMinFlops = 8 * 128 * 128;
+// Only the baseline build (a CPU without AVX2+FMA) sends a step GEMM of at least this many
+// multiply-adds per task to BLAS: its SSE micro-kernel is far slower than the library there. The
+// AVX2 micro-kernel (36 GMAC/s a core on the CI machine's Zen 3) beat MKL at every size measured,
+// B = 4..128, H = 64..2048, 1 and 2 threads (2026-11-27, interleaved A/B: e.g. B=32 H=128 fwd 16.6
+// vs 26.7 µs/step, B=64 H=512 427 vs 492, B=4 H=2048 977 vs 2525), so that build never calls BLAS.
+constexpr int64_t kBaselineBlasMinFlops = 8 * 128 * 128;
 // Below this many multiply-adds for the whole call, waking a second thread costs more than it saves.
 constexpr int64_t kParallelMinFlops = int64_t(1) << 18;
 
-// C[m, H] += A[m, H] · op(W_hh) for one direction: op = ᵀ in the forward, identity in BPTT.
-template <typename T>
-struct StepGemm {
-  const T* w = nullptr;        // [H, H] row-major W_hh
-  const T* panels = nullptr;   // packed op(W_hh) for the micro-kernel, or null when using BLAS
-  int64_t H = 0;
-  bool transpose = false;
-  bool blas = false;
-};
-
-template <typename T>
-FUSED_RNN_INLINE void step_gemm(const StepGemm<T>& g, int64_t m, const T* a, int64_t lda, T* c, int64_t ldc) {
-  if (m <= 0) return;
-  if (g.blas) {
-    cpu::blas_gemm_acc<T>(g.transpose, m, g.H, g.H, a, lda, g.w, g.H, c, ldc);
-  } else {
-    cpu::gemm_acc<T>(m, g.H, g.H, a, lda, g.panels, c, ldc);
-  }
-}
-
-// One task: direction `reverse` of rows [b0, b1).
-template <typename T>
-struct Task {
-  const StepLayout* lay;
-  StepGemm<T> gemm;
-  T* buf;           // out (forward) or dpre (backward), already offset to this direction's columns
-  int64_t ld;       // D*H
-  const T* y;       // backward only: forward output, same offset and ld as buf
-  const T* h_in;    // forward: h0 [B, H]; backward: ghy [B, H]
-  T* h_out;         // forward: hy [B, H]; backward: dh0 [B, H]
-  int64_t H;
-  bool reverse;
-  bool relu;
-  int64_t b0, b1;
-};
-
-template <typename T>
-FUSED_RNN_INLINE void copy_rows(int64_t m, int64_t H, const T* src, int64_t lds, T* dst, int64_t ldd) {
-  for (int64_t i = 0; i < m; ++i) std::copy(src + i * lds, src + i * lds + H, dst + i * ldd);
-}
-
-template <typename T>
-FUSED_RNN_INLINE void add_rows(int64_t m, int64_t H, const T* src, int64_t lds, T* dst, int64_t ldd) {
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < H; ++j) dst[i * ldd + j] += src[i * lds + j];
-}
-
-template <typename T>
-FUSED_RNN_INLINE void forward_task(const Task<T>& k) {
-  const StepLayout& lay = *k.lay;
-  const int64_t H = k.H, ld = k.ld, b0 = k.b0;
-  auto row = [&](int64_t t, int64_t b) { return k.buf + (lay.offset[t] + b) * ld; };
-  for (const auto s : c10::irange(lay.T)) {
-    const int64_t t = k.reverse ? lay.T - 1 - s : s;
-    const int64_t hi = std::min(lay.batch[t], k.b1), n = hi - b0;
-    if (n <= 0) continue;
-    T* c = row(t, b0);
-    if (s == 0) {
-      step_gemm(k.gemm, n, k.h_in + b0 * H, H, c, ld);
-    } else if (!k.reverse) {
-      step_gemm(k.gemm, n, row(t - 1, b0), ld, c, ld);
-    } else {
-      // Rows alive at t+1 carry their state; the others start their reverse pass here from h0.
-      const int64_t carried = std::clamp<int64_t>(lay.batch[t + 1] - b0, 0, n);
-      step_gemm(k.gemm, carried, row(t + 1, b0), ld, c, ld);
-      step_gemm(k.gemm, n - carried, k.h_in + (b0 + carried) * H, H, c + carried * ld, ld);
-    }
-    cpu::activate<T>(n, H, c, ld, k.relu);
-    if (!k.reverse) {  // sequences whose last step is t: rows [batch[t+1], batch[t])
-      const int64_t first = std::max(lay.batch[t + 1], b0);
-      if (first < hi) copy_rows<T>(hi - first, H, row(t, first), ld, k.h_out + first * H, H);
-    }
-  }
-  if (k.reverse && k.b1 > b0) copy_rows<T>(k.b1 - b0, H, row(0, b0), ld, k.h_out + b0 * H, H);
-}
-
-template <typename T>
-FUSED_RNN_INLINE void backward_task(const Task<T>& k) {
-  const StepLayout& lay = *k.lay;
-  const int64_t H = k.H, ld = k.ld, b0 = k.b0;
-  auto row = [&](int64_t t, int64_t b) { return k.buf + (lay.offset[t] + b) * ld; };
-  auto yrow = [&](int64_t t, int64_t b) { return k.y + (lay.offset[t] + b) * ld; };
-  // dh0 rows of this task start at zero; each row gets δ_first·W_hh once.
-  if (k.b1 > b0) std::fill(k.h_out + b0 * H, k.h_out + k.b1 * H, T(0));
-  for (const auto s : c10::irange(lay.T)) {
-    // BPTT walks each direction against its forward order.
-    const int64_t t = k.reverse ? s : lay.T - 1 - s;
-    const int64_t hi = std::min(lay.batch[t], k.b1), n = hi - b0;
-    if (n <= 0) continue;
-    T* d = row(t, b0);
-    // Rows that also live at the next step of the forward order get δ_next·W_hh; the rest get
-    // the hy gradient (their forward pass ended at t).
-    const int64_t carried = k.reverse ? (s == 0 ? 0 : n) : std::clamp<int64_t>(lay.batch[t + 1] - b0, 0, n);
-    if (carried > 0) step_gemm(k.gemm, carried, k.reverse ? row(t - 1, b0) : row(t + 1, b0), ld, d, ld);
-    add_rows<T>(n - carried, H, k.h_in + (b0 + carried) * H, H, d + carried * ld, ld);
-    cpu::activation_grad<T>(n, H, d, ld, yrow(t, b0), ld, k.relu);
-    if (k.reverse) {  // rows whose reverse pass began at t read h0 there
-      const int64_t first = std::max(lay.batch[t + 1], b0);
-      if (first < hi) step_gemm(k.gemm, hi - first, row(t, first), ld, k.h_out + first * H, H);
-    }
-  }
-  if (!k.reverse && k.b1 > b0) step_gemm(k.gemm, k.b1 - b0, row(0, b0), ld, k.h_out + b0 * H, H);
-}
-
-// Two builds of each task body: baseline and AVX2+FMA, chosen once at run time.
-template <typename T>
-__attribute__((flatten)) void forward_task_generic(const Task<T>& k) { forward_task<T>(k); }
-template <typename T>
-__attribute__((flatten)) void backward_task_generic(const Task<T>& k) { backward_task<T>(k); }
+// The AVX2+FMA build of the task loops where the CPU has both, else the baseline x86-64 one.
+// FUSED_RNN_CPU_ISA=baseline forces the baseline build (so the tests check it on an AVX2 machine).
+bool use_avx2() {
 #if defined(__x86_64__) && defined(__GNUC__)
-template <typename T>
-__attribute__((target("avx2,fma"), flatten)) void forward_task_avx2(const Task<T>& k) { forward_task<T>(k); }
-template <typename T>
-__attribute__((target("avx2,fma"), flatten)) void backward_task_avx2(const Task<T>& k) { backward_task<T>(k); }
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
+  static const bool cpu_has = cpu::avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!cpu_has) return false;
+  const char* s = std::getenv("FUSED_RNN_CPU_ISA");
+  return s == nullptr || std::strcmp(s, "baseline") != 0;
+#else
+  return false;
 #endif
+}
 
 template <typename T>
-void run_task(const Task<T>& k, bool backward) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (has_avx2()) return backward ? backward_task_avx2<T>(k) : forward_task_avx2<T>(k);
-#endif
-  backward ? backward_task_generic<T>(k) : forward_task_generic<T>(k);
+void run_task(const Task<T>& k, bool avx2, bool backward) {
+  if (avx2) return backward ? cpu::avx2::backward_task<T>(k) : cpu::avx2::forward_task<T>(k);
+  backward ? cpu::baseline::backward_task<T>(k) : cpu::baseline::forward_task<T>(k);
 }
 
 template <typename T>
@@ -167,23 +63,21 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
   const StepLayout lay(batch_sizes, buf.size(0), B);
   if (B == 0 || lay.T == 0) return;
 
-  // Row blocks per direction: enough to give every thread a task when the call is big enough.
+  // Row blocks per direction: one task per thread when the call is big enough. Batch rows are
+  // independent, so each task runs the whole time loop with no synchronisation.
+  const bool avx2 = use_avx2();
   const int64_t threads = at::get_num_threads();
   const int64_t flops = lay.rows() * H * H * D;
   int64_t blocks = 1;
   if (threads > 1 && flops >= kParallelMinFlops) blocks = std::min<int64_t>((threads + D - 1) / D, B);
-  // Row blocks pay off for the micro-kernel. Where a block's step GEMM would go to BLAS anyway, one
-  // task per direction is faster: BLAS then threads over the columns, so each core streams only its
-  // share of W_hh (measured: B=16 H=256 42 vs 64 µs/step, B=32 H=128 25 vs 34, B=32 H=1024 1.0x vs
-  // 0.85x of nn.RNN).
-  if (blocks > 1 && (B + blocks - 1) / blocks * H * H >= kBlasMinFlops) blocks = 1;
-  const int64_t MR = Simd<T>::kMR;
-  const int64_t rows_per_block = std::max<int64_t>(1, (B + blocks - 1) / blocks);
-  const int64_t block_rows = blocks > 1 && rows_per_block > MR ? (rows_per_block + MR - 1) / MR * MR : rows_per_block;
+  // Baseline build: where a block's step GEMM would go to BLAS anyway, one task per direction is
+  // faster: BLAS then threads over the columns.
+  if (!avx2 && blocks > 1 && (B + blocks - 1) / blocks * H * H >= kBaselineBlasMinFlops) blocks = 1;
+  const int64_t block_rows = (B + blocks - 1) / blocks;  // balanced: tasks differ by at most a row
   blocks = (B + block_rows - 1) / block_rows;
 
-  const bool blas = cpu::blas_available<T>() && block_rows * H * H >= kBlasMinFlops && cpu::fits_blas_int(H) &&
-                    cpu::fits_blas_int(D * H) && cpu::fits_blas_int(block_rows);
+  const bool blas = !avx2 && cpu::blas_available<T>() && block_rows * H * H >= kBaselineBlasMinFlops &&
+                    cpu::fits_blas_int(H) && cpu::fits_blas_int(D * H) && cpu::fits_blas_int(block_rows);
   const T* w = w_hh.data_ptr<T>();
   std::vector<T> panels(blas ? 0 : D * cpu::packed_size<T>(H, H));
   std::vector<Task<T>> tasks;
@@ -202,10 +96,10 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
     }
   }
   if (tasks.size() == 1) {
-    run_task(tasks[0], backward);  // outside a parallel region, so BLAS may use its own threads
+    run_task(tasks[0], avx2, backward);  // outside a parallel region, so BLAS may use its own threads
   } else {
     at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) run_task(tasks[i], backward);
+      for (int64_t i = begin; i < end; ++i) run_task(tasks[i], avx2, backward);
     });
   }
 }

@@ -1,28 +1,38 @@
 // Hand-vectorised building blocks of the CPU recurrence, written once with GCC/Clang vector
-// extensions and compiled twice (baseline x86-64 and AVX2+FMA, picked at run time in
-// recurrence_cpu.cpp), so the package runs on any x86-64 CPU and uses AVX2 where there is one.
+// extensions and compiled once per instruction set: recurrence_tasks_baseline.cpp (any x86-64)
+// and recurrence_tasks_avx2.cpp (AVX2+FMA for every function in the file, picked at run time by
+// recurrence_cpu.cpp). Each includer names its namespace, FUSED_RNN_CPU_ISA, so the two builds
+// of these inline functions never meet at link time.
 //
-//   pack_panels   W (any strides) -> column panels of NR, zero padded: [ceil(N/NR), K, NR]
-//   gemm_acc      C[M, N] += A[M, K] · W, W given as panels; 4×NR register tile (6 rows measured no better)
+//   gemm_acc      C[M, N] += A[M, K] · W, W given as panels (panel_layout.h); kTileRows×NR register tile
 //   activate      C = tanh(C) or relu(C) in place on a [M, N] block
 //   activation_grad  D *= act'(Y) in place
 #pragma once
+
+#ifndef FUSED_RNN_CPU_ISA
+#error "define FUSED_RNN_CPU_ISA (the namespace of this build) before including simd.h"
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#define FUSED_RNN_INLINE inline __attribute__((always_inline))
+#include "cpu/panel_layout.h"
 
-namespace fused_rnn::cpu {
+#ifndef FUSED_RNN_INLINE
+#define FUSED_RNN_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace fused_rnn::cpu::FUSED_RNN_CPU_ISA {
 
 template <typename T>
 struct Simd {
   typedef T vec __attribute__((vector_size(32)));  // 8 floats or 4 doubles
   static constexpr int kLanes = 32 / sizeof(T);
-  static constexpr int kNR = 2 * kLanes;  // panel width: two vectors
-  static constexpr int kMR = 4;           // rows per register tile: 8 accumulators
+  static constexpr int kNR = kPanelWidth<T>;
+  static constexpr int kMR = kTileRows;
+  static_assert(kNR == 2 * kLanes, "a panel row is two vectors");
 
   static FUSED_RNN_INLINE vec load(const T* p) {
     vec v;
@@ -30,35 +40,20 @@ struct Simd {
     return v;
   }
   static FUSED_RNN_INLINE void store(T* p, vec v) { std::memcpy(p, &v, sizeof(vec)); }
-  // Lane by lane (a single vbroadcast), not vec{} + x: adding +0.0 is not an identity for -0.0, so
-  // the compiler has to keep that add in the innermost loop.
+  // Every lane x, as one initializer: in a file compiled for AVX2 GCC makes that one vbroadcastss
+  // from memory (load port only). Not vec{} + x: adding +0.0 is not an identity for -0.0, so the
+  // compiler has to keep that add in the innermost loop. Not a shuffle of lane 0: that becomes a
+  // scalar load plus a register broadcast, which takes an FMA pipe on Zen 3 (micro-kernel 24 vs 36
+  // GMAC/s). And only in a file compiled for the target: a function-level target attribute lowers
+  // this as the baseline ISA (scalar loads + vinsertps) before inlining.
   static FUSED_RNN_INLINE vec splat(T x) {
-    vec v;
-    for (int i = 0; i < kLanes; ++i) v[i] = x;
-    return v;
-  }
-};
-
-// Panels of the [K, N] matrix whose element (k, n) is w[k * stride_k + n * stride_n].
-template <typename T>
-void pack_panels(const T* w, int64_t K, int64_t N, int64_t stride_k, int64_t stride_n, T* panels) {
-  constexpr int NR = Simd<T>::kNR;
-  for (int64_t p = 0; p * NR < N; ++p) {
-    T* dst = panels + p * K * NR;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t j = 0; j < NR; ++j) {
-        const int64_t n = p * NR + j;
-        dst[k * NR + j] = n < N ? w[k * stride_k + n * stride_n] : T(0);
-      }
+    if constexpr (kLanes == 8) {
+      return vec{x, x, x, x, x, x, x, x};
+    } else {
+      return vec{x, x, x, x};
     }
   }
-}
-
-template <typename T>
-int64_t packed_size(int64_t K, int64_t N) {
-  constexpr int NR = Simd<T>::kNR;
-  return (N + NR - 1) / NR * NR * K;
-}
+};
 
 // C[MR_, ncols] += A[MR_, K] · panel[K, NR], ncols <= NR. Accumulators stay in registers.
 template <typename T, int MR_>
@@ -101,7 +96,7 @@ FUSED_RNN_INLINE void gemm_tile(int64_t K, const T* a, int64_t lda, const T* pan
   }
 }
 
-// C[M, N] += A[M, K] · W, W as panels from pack_panels.
+// C[M, N] += A[M, K] · W, W as panels from pack_panels (panel_layout.h).
 template <typename T>
 FUSED_RNN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* panels, T* c,
                                int64_t ldc) {
@@ -203,4 +198,4 @@ FUSED_RNN_INLINE void activation_grad(int64_t M, int64_t N, T* d, int64_t ldd, c
   }
 }
 
-}  // namespace fused_rnn::cpu
+}  // namespace fused_rnn::cpu::FUSED_RNN_CPU_ISA
