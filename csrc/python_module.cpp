@@ -3,13 +3,15 @@
 //   with_cuda()       whether the CUDA kernels were compiled in
 //   parallel_threads_used()  how many threads one at::parallel_for in this library spreads over:
 //                     a build check (compiled without -fopenmp, parallel_for runs on the caller only)
-//   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward,
+//   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward
+//                     (and hx may be None for zeros, with unpacked [T, B, I] input),
 //                     called through the dispatcher's typed handle. torch.ops matches the arguments
 //                     against the schema in Python and boxes them (~8 µs a call on the 2-core CI
 //                     machine, as long as a whole tiny RNN's forward); this entry parses nine
 //                     positional arguments by hand. It dispatches exactly like the op (autograd,
 //                     Python dispatch modes included); fused_rnn/ops.py uses it only where no
 //                     __torch_function__ override could want to see the call.
+#include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/Exceptions.h>
@@ -70,7 +72,6 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   TORCH_CHECK_TYPE(nargs == 9, "fused_rnn._C.rnn_forward takes 9 positional arguments, got ", nargs);
   const at::Tensor& input = tensor_arg(args[0], "input");
-  const at::Tensor& hx = tensor_arg(args[1], "hx");
   PyObject* seq = args[2];
   TORCH_CHECK_TYPE(PyList_Check(seq) || PyTuple_Check(seq), "fused_rnn._C.rnn_forward: weights must be a list");
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -86,6 +87,15 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const bool bidirectional = bool_arg(args[6], "bidirectional");
   const bool relu = bool_arg(args[7], "relu");
   const bool has_biases = bool_arg(args[8], "has_biases");
+  // hx None: nn.RNN's zeros [L*D, B, H], H from W_hh [H, H] (created here: ~3 µs cheaper than in Python).
+  at::Tensor hx_zeros;
+  if (args[1] == Py_None) {
+    TORCH_CHECK(!batch_sizes, "fused_rnn._C.rnn_forward: hx=None needs unpacked input");
+    TORCH_CHECK(input.dim() == 3, "input must have 3 dimensions [T, B, I], got ", input.dim());
+    TORCH_CHECK(weights.size() >= 2 && weights[1].dim() == 2, "fused_rnn._C.rnn_forward: weights[1] must be W_hh [H, H]");
+    hx_zeros = at::zeros({num_layers * (bidirectional ? 2 : 1), input.size(1), weights[1].size(0)}, input.options());
+  }
+  const at::Tensor& hx = args[1] == Py_None ? hx_zeros : tensor_arg(args[1], "hx");
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> r;
   {

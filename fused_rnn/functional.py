@@ -55,7 +55,7 @@ def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
 
 def rnn(
     input: Tensor,
-    hx: Tensor,
+    hx: Optional[Tensor],
     weights: List[Tensor],
     *,
     num_layers: int = 1,
@@ -70,7 +70,8 @@ def rnn(
     """Elman RNN over a whole sequence, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
 
     input: [T, B, I] ([B, T, I] if batch_first), or packed data [N, I] with batch_sizes [T] (CPU int64)
-    hx: [L*D, B, H]; weights: nn.RNN's flat weight list (w_ih, w_hh[, b_ih, b_hh] per layer and direction)
+    hx: [L*D, B, H], or None for zeros; weights: nn.RNN's flat weight list (w_ih, w_hh[, b_ih, b_hh]
+    per layer and direction)
     Returns output [T, B, D*H] ([B, T, D*H] if batch_first; [N, D*H] when packed) and h_n [L*D, B, H].
     Dropout (p = dropout) applies to the outputs of all layers but the last, when training.
     """
@@ -83,11 +84,13 @@ def rnn(
     mask = None
     if training and dropout > 0 and num_layers > 1:
         d = 2 if bidirectional else 1
-        mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * hx.shape[2]), dropout, input)
+        mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * weights[1].shape[0]), dropout, input)
     # The op is differentiable through its C++ autograd kernel (csrc/autograd.cpp, a
     # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost
     # (~150 µs per training step on a small RNN).
     if torch.compiler.is_compiling():
+        if hx is None:
+            hx = ops.zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
         if batch_sizes is None and _onnx.exporting():  # torch.onnx.export: ONNX's RNN operator, see fused_rnn/onnx.py
             output, hy = _onnx.rnn_symbolic(input, hx, weights, num_layers, bidirectional, relu, bias, mask)
         else:
@@ -99,3 +102,4 @@ def rnn(
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     return output, hy
+

@@ -148,12 +148,11 @@ class RNN(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
 
-    def _check_forward_args(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor],
+    def _check_forward_args(self, input: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor],
                             weights: List[Tensor]) -> None:
-        """nn.RNN's checks, with its exception types and messages."""
+        """nn.RNN's checks, with its exception types and messages (hx None: the zeros made later fit)."""
         w0 = weights[0]
-        device = input.device
-        if input.dtype != w0.dtype and not _autocast_enabled(device.type):
+        if input.dtype != w0.dtype and not _autocast_enabled(input.device.type):
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({w0.dtype}). "
                              f"Convert input: input.to({w0.dtype}), or convert model: model.to({input.dtype})")
         expected_input_dim = 2 if batch_sizes is not None else 3
@@ -162,67 +161,64 @@ class RNN(nn.Module):
         if self.input_size != input.size(-1):
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {input.size(-1)}")
-        if batch_sizes is not None:
-            mini_batch = int(batch_sizes[0])
-        else:
-            mini_batch = input.size(0) if self.batch_first else input.size(1)
-        num_directions = 2 if self.bidirectional else 1
-        expected_hidden_size = (self.num_layers * num_directions, mini_batch, self.hidden_size)
-        if hx.size() != expected_hidden_size:
-            raise RuntimeError(f"Expected hidden size {expected_hidden_size}, got {list(hx.size())}")
+        device = input.device
+        if hx is not None:
+            if batch_sizes is not None:
+                mini_batch = int(batch_sizes[0])
+            else:
+                mini_batch = input.size(0) if self.batch_first else input.size(1)
+            num_directions = 2 if self.bidirectional else 1
+            expected_hidden_size = (self.num_layers * num_directions, mini_batch, self.hidden_size)
+            if hx.size() != expected_hidden_size:
+                raise RuntimeError(f"Expected hidden size {expected_hidden_size}, got {list(hx.size())}")
         if w0.device != device:
             raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor at "
                                f"{device} and parameter tensor at {w0.device}")
-        if hx.device != device:
+        if hx is not None and hx.device != device:
             raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
                                f"{device} and hidden tensor at {hx.device}")
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
-        num_directions = 2 if self.bidirectional else 1
-        weights = self._flat_weights
-        is_packed = isinstance(input, PackedSequence)
-        if is_packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
-            if hx is not None and sorted_indices is not None:
-                hx = hx.index_select(1, sorted_indices)
-        else:
-            data, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
-            if input.dim() not in (2, 3):
-                raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                data = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        dim = input.dim()
+        if dim == 3:
+            if hx is not None and hx.dim() != 3:
                 raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-            max_batch_size = data.size(0) if self.batch_first else data.size(1)
-        if hx is None:
-            hx = data.new_zeros((self.num_layers * num_directions, max_batch_size, self.hidden_size))
-        self._check_forward_args(data, hx, batch_sizes, weights)
+            return self._run(input, hx, None)
+        if dim != 2:
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
+        # Unbatched [T, I]: a batch of one, squeezed out again.
+        batch_dim = 0 if self.batch_first else 1
+        if hx is not None:
+            if hx.dim() != 2:
+                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+            hx = hx.unsqueeze(1)
+        output, hy = self._run(input.unsqueeze(batch_dim), hx, None)
+        return output.squeeze(batch_dim), hy.squeeze(1)
 
+    def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is not None and sorted_indices is not None:
+            hx = hx.index_select(1, sorted_indices)
+        output, hy = self._run(data, hx, batch_sizes)
+        if unsorted_indices is not None:
+            hy = hy.index_select(1, unsorted_indices)
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), hy
+
+    def _run(self, data: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """data [T, B, I] ([B, T, I] if batch_first) or packed [N, I]; hx [L*D, B, H] or None (zeros)."""
+        weights = self._flat_weights
+        self._check_forward_args(data, hx, batch_sizes, weights)
         if torch._C._is_any_autocast_enabled() and _autocast_enabled(data.device.type):
             # Like nn.RNN under autocast: run in the autocast dtype (float16 on CUDA by default).
             dt = torch.get_autocast_dtype(data.device.type)
-            data, hx, weights = data.to(dt), hx.to(dt), [w.to(dt) for w in weights]
-
-        output, hy = rnn(data, hx, weights, num_layers=self.num_layers, nonlinearity=self.nonlinearity,
-                         bias=self.bias, batch_first=self.batch_first and not is_packed, dropout=self.dropout,
-                         training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
-        if is_packed:
-            if unsorted_indices is not None:
-                hy = hy.index_select(1, unsorted_indices)
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), hy
-        if input.dim() == 2:
-            output = output.squeeze(0 if self.batch_first else 1)
-            hy = hy.squeeze(1)
-        return output, hy
+            data, weights = data.to(dt), [w.to(dt) for w in weights]
+            hx = None if hx is None else hx.to(dt)
+        return rnn(data, hx, weights, num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
+                   batch_first=self.batch_first and batch_sizes is None, dropout=self.dropout,
+                   training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
 
     # ---- conversion to and from torch.nn.RNN -----------------------------------------------------
 

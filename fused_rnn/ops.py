@@ -20,11 +20,23 @@ rnn_backward = torch.ops.fused_rnn.rnn_backward
 _has_torch_function = torch._C._has_torch_function
 
 
+def zeros_hx(input, weights, batch_sizes, num_layers, bidirectional):
+    """The initial state nn.RNN uses when hx is omitted: zeros [L*D, B, H] like input (time-major
+    [T, B, I], or packed data with batch_sizes; H from W_hh [H, H])."""
+    batch = int(batch_sizes[0]) if batch_sizes is not None else input.shape[1]
+    return input.new_zeros((num_layers * (2 if bidirectional else 1), batch, weights[1].shape[0]))
+
+
 def rnn_forward_eager(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases):
     """rnn_forward for eager code (not while torch.compile / torch.export trace): through _C's direct
     entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching,
-    ~8 µs), unless a __torch_function__ override or mode is there to see the call as the op."""
-    if _has_torch_function((input, hx, *weights)):
+    ~8 µs), unless a __torch_function__ override or mode is there to see the call as the op.
+    hx may be None (zeros): for unpacked input the entry creates them in C++ (~3 µs less than here)."""
+    if hx is None and batch_sizes is not None:
+        hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
+    if _has_torch_function((input, *weights) if hx is None else (input, hx, *weights)):
+        if hx is None:
+            hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
         return rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
     return _C.rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
 

@@ -311,13 +311,32 @@ def test_eager_entry_point_is_the_op():
         assert fused_rnn._C.rnn_forward(*values)[0].grad_fn is None
 
 
+@pytest.mark.parametrize("entry", ["eager_entry", "functional", "functional_packed"])
+def test_hx_none_is_zeros(entry):
+    """hx=None means nn.RNN's zeros, whichever path creates them (C++ in the eager entry, Python for
+    packed input)."""
+    args = make_args(packed=entry == "functional_packed")
+    values = list(args.values())
+    want = torch.ops.fused_rnn.rnn_forward(values[0], torch.zeros_like(args["hx"]), *values[2:])
+    if entry == "eager_entry":
+        got = fused_rnn._C.rnn_forward(values[0], None, *values[2:])
+    else:
+        got = fused_rnn.rnn(args["input"], None, args["weights"], num_layers=2, bidirectional=True,
+                            batch_sizes=args["batch_sizes"])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 def test_eager_entry_point_rejects_bad_arguments():
     args = make_args()
     values = list(args.values())
     with pytest.raises(TypeError, match="takes 9 positional arguments"):
         fused_rnn._C.rnn_forward(*values[:8])
     with pytest.raises(TypeError, match="hx must be a Tensor"):
-        fused_rnn._C.rnn_forward(values[0], None, *values[2:])
+        fused_rnn._C.rnn_forward(values[0], 0.5, *values[2:])
+    with pytest.raises(RuntimeError, match="hx=None needs unpacked input"):
+        packed = make_args(packed=True)
+        fused_rnn._C.rnn_forward(packed["input"], None, *list(packed.values())[2:])
     with pytest.raises(TypeError, match="weights must be a list"):
         fused_rnn._C.rnn_forward(*values[:2], values[2][0], *values[3:])
     with pytest.raises(TypeError, match="bidirectional must be a bool"):
