@@ -37,7 +37,7 @@ FUSED_RNN_INLINE void add_rows(int64_t m, int64_t H, const T* src, int64_t lds, 
 }
 
 template <typename T>
-FUSED_RNN_INLINE void forward_steps(const Task<T>& k) {
+void forward_task(const Task<T>& k) {
   const StepLayout& lay = *k.lay;
   const int64_t H = k.H, ld = k.ld, b0 = k.b0;
   auto row = [&](int64_t t, int64_t b) { return k.buf + (lay.offset[t] + b) * ld; };
@@ -66,7 +66,7 @@ FUSED_RNN_INLINE void forward_steps(const Task<T>& k) {
 }
 
 template <typename T>
-FUSED_RNN_INLINE void backward_steps(const Task<T>& k) {
+void backward_task(const Task<T>& k) {
   const StepLayout& lay = *k.lay;
   const int64_t H = k.H, ld = k.ld, b0 = k.b0;
   auto row = [&](int64_t t, int64_t b) { return k.buf + (lay.offset[t] + b) * ld; };
@@ -91,16 +91,6 @@ FUSED_RNN_INLINE void backward_steps(const Task<T>& k) {
     }
   }
   if (!k.reverse && k.b1 > b0) step_gemm(k.gemm, k.b1 - b0, row(0, b0), ld, k.h_out + b0 * H, H);
-}
-
-template <typename T>
-void forward_task(const Task<T>& k) {
-  forward_steps<T>(k);
-}
-
-template <typename T>
-void backward_task(const Task<T>& k) {
-  backward_steps<T>(k);
 }
 
 template void forward_task<float>(const Task<float>&);
