@@ -43,7 +43,7 @@ void check_rnn_args(const RnnArgs& a) {
   const std::vector<int64_t> hx_shape{L * D, B, H};
   TORCH_CHECK(a.hx.sizes() == at::IntArrayRef(hx_shape), "Expected hidden size ", at::IntArrayRef(hx_shape),
               ", got ", a.hx.sizes());
-  const int64_t per = a.has_biases ? 4 : 2;
+  const int64_t per = weights_per_direction(a.has_biases);
   TORCH_CHECK(static_cast<int64_t>(a.weights.size()) == L * D * per, "expected ", L * D * per,
               " weight tensors for num_layers=", L, ", bidirectional=", a.bidirectional, ", bias=", a.has_biases,
               ", got ", a.weights.size());

@@ -20,6 +20,9 @@
 
 namespace fused_rnn {
 
+// Tensors per (layer, direction) in nn.RNN's flat weight list: w_ih, w_hh, then b_ih, b_hh with biases.
+inline int64_t weights_per_direction(bool has_biases) { return has_biases ? 4 : 2; }
+
 // Host-side view of the step layout, built once per call from batch_sizes (or T, B).
 struct StepLayout {
   int64_t T = 0;

@@ -28,11 +28,9 @@ StepLayout::StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b)
 
 namespace {
 
-int64_t weights_per_layer(bool has_biases) { return has_biases ? 4 : 2; }
-
 const at::Tensor& weight(const RnnArgs& a, int64_t layer, int64_t dir, int64_t which) {
   const int64_t D = a.bidirectional ? 2 : 1;
-  return a.weights[(layer * D + dir) * weights_per_layer(a.has_biases) + which];
+  return a.weights[(layer * D + dir) * weights_per_direction(a.has_biases) + which];
 }
 
 // One layer's weights, concatenated over directions so one GEMM serves both.
@@ -120,17 +118,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
   at::Tensor reserve = at::empty(reserve_shape, a.input.options());
   at::Tensor hy = at::empty_like(hx);
 
-  const int64_t per_layer = D * weights_per_layer(a.has_biases);
+  const int64_t per_layer = D * weights_per_direction(a.has_biases);
   for (const auto l : c10::irange(L)) {
     const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
     at::Tensor out = (l == L - 1 ? output : reserve[l]).view({N, D * H});
     const bool projected = k.small_projection != nullptr &&
                            k.small_projection(out, in, a.weights.slice(l * per_layer, per_layer), D, a.has_biases);
     const LayerWeights lw = layer_weights(a, l, /*with_bias=*/!projected);
-    if (!projected && lw.bias.defined()) {
-      at::addmm_out(out, lw.bias, in, lw.w_ih.t());
-    } else if (!projected) {
-      at::mm_out(out, in, lw.w_ih.t());
+    if (!projected) {
+      if (lw.bias.defined()) {
+        at::addmm_out(out, lw.bias, in, lw.w_ih.t());
+      } else {
+        at::mm_out(out, in, lw.w_ih.t());
+      }
     }
     k.forward(out, layer_state(hx, l, D), lw.w_hh, bs, a.relu, layer_state(hy, l, D));
   }
@@ -148,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
   const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
   const int64_t N = x.size(0);
   const StepLayout lay(bs, N, B);
-  const int64_t per_layer = D * weights_per_layer(a.has_biases);
+  const int64_t per_layer = D * weights_per_direction(a.has_biases);
 
   at::Tensor grad_hx = at::empty_like(hx);
   std::vector<at::Tensor> grad_weights(a.weights.size());
@@ -170,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
       const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
       const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]
       for (const auto d : c10::irange(D)) {
-        at::Tensor* g = grads + d * weights_per_layer(a.has_biases);
+        at::Tensor* g = grads + d * weights_per_direction(a.has_biases);
         const at::Tensor delta_d = dpre.narrow(1, d * H, H);
         // Gradients are returned as separate tensors (op outputs may not alias each other).
         g[0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();

@@ -102,4 +102,3 @@ def rnn(
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     return output, hy
-

@@ -24,8 +24,7 @@ from torch import Tensor
 def exporting() -> bool:
     """True while torch.onnx.export's torch.export-based exporter traces the model. The legacy
     TorchScript exporter also sets is_in_onnx_export(), but traces with torch.jit: excluded.
-    torch.compiler.is_compiling() (true while torch.export traces) is checked first because it is
-    cheap, and this runs on every eager forward."""
+    torch.compiler.is_compiling() (true while torch.export traces) is checked first: it is cheap."""
     return (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
             and hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "symbolic_multi_out"))
 

@@ -32,11 +32,10 @@ def rnn_forward_eager(input, hx, weights, batch_sizes, dropout_mask, num_layers,
     entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching,
     ~8 µs), unless a __torch_function__ override or mode is there to see the call as the op.
     hx may be None (zeros): for unpacked input the entry creates them in C++ (~3 µs less than here)."""
-    if hx is None and batch_sizes is not None:
+    overridden = _has_torch_function((input, *weights) if hx is None else (input, hx, *weights))
+    if hx is None and (overridden or batch_sizes is not None):
         hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
-    if _has_torch_function((input, *weights) if hx is None else (input, hx, *weights)):
-        if hx is None:
-            hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
+    if overridden:
         return rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
     return _C.rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)
 

@@ -14,8 +14,6 @@
 namespace fused_rnn {
 namespace {
 
-#define FUSED_RNN_SMALL_INLINE inline __attribute__((always_inline))
-
 // At most this many multiply-adds (N·I·D·H): the loop below runs ~2 of them per cycle, so the
 // largest projection it takes costs about as much as the library call's fixed overhead.
 constexpr int64_t kSmallProjectionMaxMacs = 8192;
@@ -70,7 +68,7 @@ void project(T* out, const T* in, int64_t N, int64_t I, int64_t H, int64_t D, co
 // acc[M, K] += Σ_rows g[r, :]ᵀ · v[r, :], i.e. acc[j, k] += g[j] · v[k] for each row pair (g, v):
 // the inner loop runs along the row of acc and v, so it vectorises.
 template <typename T>
-FUSED_RNN_SMALL_INLINE void outer_acc(T* acc, const T* g, int64_t M, const T* v, int64_t K) {
+void outer_acc(T* acc, const T* g, int64_t M, const T* v, int64_t K) {
   for (int64_t j = 0; j < M; ++j) {
     const T gj = g[j];
     T* a = acc + j * K;
@@ -132,7 +130,7 @@ bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::Tenso
   if (!plain(st, {&out, &in})) return false;
   for (const at::Tensor& p : params)
     if (!plain(st, {&p})) return false;
-  const int64_t per = has_biases ? 4 : 2;
+  const int64_t per = weights_per_direction(has_biases);
   AT_DISPATCH_FLOATING_TYPES(st, "fused_rnn_small_projection", [&] {
     const scalar_t* w[2] = {nullptr, nullptr};
     const scalar_t* bi[2] = {nullptr, nullptr};
@@ -149,7 +147,6 @@ bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::Tenso
   return true;
 }
 
-
 bool small_layer_grads_cpu(const at::Tensor& dpre, const at::Tensor& in, const at::Tensor& y, const at::Tensor& h0,
                            const StepLayout& lay, at::TensorList params, int64_t D, bool has_biases, at::Tensor* grads,
                            at::Tensor& dx) {
@@ -158,7 +155,7 @@ bool small_layer_grads_cpu(const at::Tensor& dpre, const at::Tensor& in, const a
   const at::ScalarType st = dpre.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
   if (!plain(st, {&dpre, &in, &y, &h0})) return false;
-  const int64_t per = has_biases ? 4 : 2;
+  const int64_t per = weights_per_direction(has_biases);
   for (int64_t d = 0; d < D; ++d)
     if (!plain(st, {&params[d * per]})) return false;
   const auto opts = dpre.options();
