@@ -11,6 +11,31 @@
 
 namespace fused_rnn {
 
+std::optional<at::Tensor> canonical_batch_sizes(const std::optional<at::Tensor>& batch_sizes) {
+  if (!batch_sizes) return std::nullopt;
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
+              "batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)");
+  TORCH_CHECK(bs.numel() > 0, "Expected sequence length to be larger than 0 in RNN");
+  at::Tensor c;
+  if (bs.key_set().has(c10::DispatchKey::FuncTorchGradWrapper)) {
+    // Under a functorch transform every argument arrives wrapped, with no storage of its own to
+    // read: copy the values out through the dispatcher.
+    std::vector<int64_t> values(bs.numel());
+    for (int64_t t = 0; t < bs.numel(); ++t) values[t] = bs[t].item<int64_t>();
+    // A plain tensor: inside a transform a factory's result would be wrapped too.
+    const c10::impl::ExcludeDispatchKeyGuard plain(c10::DispatchKeySet(
+        {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
+    c = at::tensor(values, at::TensorOptions().dtype(at::kLong));
+  } else {
+    c = bs.contiguous();
+  }
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  int64_t T = c.numel();
+  while (T > 1 && p[T - 1] == 0) --T;
+  return T == c.numel() ? c : c.narrow(0, 0, T);
+}
+
 void check_rnn_args(const RnnArgs& a) {
   const int64_t L = a.num_layers, D = a.bidirectional ? 2 : 1;
   TORCH_CHECK(L > 0, "num_layers must be greater than zero, got ", L);
@@ -19,17 +44,19 @@ void check_rnn_args(const RnnArgs& a) {
   if (a.batch_sizes) {
     const at::Tensor& bs = *a.batch_sizes;
     TORCH_CHECK(x.dim() == 2, "packed input must have 2 dimensions [N, I], got ", x.dim());
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
-                "batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)");
-    TORCH_CHECK(bs.numel() > 0, "Expected sequence length to be larger than 0 in RNN");
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1 && bs.is_contiguous() &&
+                    bs.numel() > 0,
+                "fused_rnn: batch_sizes must have been through canonical_batch_sizes");
+    const int64_t* p = bs.const_data_ptr<int64_t>();
     int64_t total = 0;
     for (int64_t t = 0; t < bs.numel(); ++t) {
-      TORCH_CHECK(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]),
-                  "batch_sizes must be positive and non-increasing, got ", bs);
+      // Only a single all-empty step may be 0 here: canonical_batch_sizes dropped trailing zeros.
+      TORCH_CHECK((p[t] > 0 || (p[t] == 0 && bs.numel() == 1)) && (t == 0 || p[t] <= p[t - 1]),
+                  "batch_sizes must be non-negative and non-increasing, got ", bs);
       total += p[t];
     }
+    // nn.RNN runs with extra rows, but its reverse direction then starts from the wrong rows (it
+    // walks the data from its end): an error is the only answer that is never silently wrong.
     TORCH_CHECK(total == x.size(0), "packed input has ", x.size(0), " rows but batch_sizes sum to ", total);
     TORCH_CHECK(a.hx.dim() == 3 && a.hx.size(1) == p[0], "hx must have batch size ", p[0],
                 " (batch_sizes[0]), got shape ", a.hx.sizes());
@@ -78,12 +105,25 @@ void check_rnn_args(const RnnArgs& a) {
 }
 
 void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, const at::Tensor& grad_hy,
-                             const at::Tensor& output) {
+                             const at::Tensor& output, const at::Tensor& reserve) {
   check_rnn_args(a);
+  const int64_t D = a.bidirectional ? 2 : 1;
+  std::vector<int64_t> out_shape(a.input.sizes().begin(), a.input.sizes().end());
+  out_shape.back() = D * a.hx.size(2);
+  TORCH_CHECK(output.sizes() == at::IntArrayRef(out_shape), "output must have shape ", at::IntArrayRef(out_shape),
+              ", got ", output.sizes());
+  out_shape.insert(out_shape.begin(), a.num_layers - 1);
+  TORCH_CHECK(reserve.sizes() == at::IntArrayRef(out_shape), "reserve must have shape ", at::IntArrayRef(out_shape),
+              ", got ", reserve.sizes());
   TORCH_CHECK(grad_output.sizes() == output.sizes(), "grad_output must have shape ", output.sizes(), ", got ",
               grad_output.sizes());
   TORCH_CHECK(grad_hy.sizes() == a.hx.sizes(), "grad_hy must have shape ", a.hx.sizes(), ", got ",
               grad_hy.sizes());
+  for (const at::Tensor* t : {&grad_output, &grad_hy, &output, &reserve}) {
+    TORCH_CHECK(t->device() == a.input.device() && t->scalar_type() == a.input.scalar_type(),
+                "rnn_backward: gradients, output and reserve must have input's device and dtype (",
+                a.input.device(), ", ", a.input.scalar_type(), "), got ", t->device(), ", ", t->scalar_type());
+  }
 }
 
 namespace {
@@ -117,14 +157,15 @@ std::vector<at::Tensor> up(at::TensorList ts) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
-  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
+  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
   check_rnn_args(a);
   if (!needs_upcast(input)) return rnn_forward_stack(a, cpu_kernels());
   const auto x = up(input), h = up(hx);
   const auto w = up(weights);
   const auto m = up(dropout_mask);
   auto [out, hy, reserve] =
-      rnn_forward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases}, cpu_kernels());
+      rnn_forward_stack({x, h, w, bs, m, num_layers, bidirectional, relu, has_biases}, cpu_kernels());
   const auto dt = input.scalar_type();
   return {out.to(dt), hy.to(dt), reserve.to(dt)};
 }
@@ -134,13 +175,14 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
     at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
     bool has_biases) {
-  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_backward_args(a, grad_output, grad_hy, output);
+  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
+  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
   if (!needs_upcast(input)) return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, cpu_kernels());
   const auto x = up(input), h = up(hx);
   const auto w = up(weights);
   const auto m = up(dropout_mask);
-  auto [gi, ghx, gw] = rnn_backward_stack({x, h, w, batch_sizes, m, num_layers, bidirectional, relu, has_biases},
+  auto [gi, ghx, gw] = rnn_backward_stack({x, h, w, bs, m, num_layers, bidirectional, relu, has_biases},
                                           up(grad_output), up(grad_hy), up(output), up(reserve), cpu_kernels());
   const auto dt = input.scalar_type();
   for (auto& g : gw) g = g.to(dt);

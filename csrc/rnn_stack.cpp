@@ -17,8 +17,11 @@ StepLayout::StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b)
     batch.assign(T + 1, b);
     batch[T] = 0;
   } else {
-    T = batch_sizes.numel();
-    const int64_t* bs = batch_sizes.data_ptr<int64_t>();
+    TORCH_CHECK(batch_sizes.device().is_cpu() && batch_sizes.dim() == 1,
+                "fused_rnn: batch_sizes must be a 1-D CPU tensor");
+    const at::Tensor contiguous = batch_sizes.contiguous();  // the pointer below walks T elements
+    T = contiguous.numel();
+    const int64_t* bs = contiguous.data_ptr<int64_t>();       // checks the dtype
     batch.assign(bs, bs + T);
     batch.push_back(0);
   }

@@ -30,11 +30,19 @@ struct RnnArgs {
   bool has_biases;
 };
 
-// Validates shapes, dtypes and devices with messages that name the offending argument.
+// PackedSequence.batch_sizes as the kernels read it, through a raw int64 pointer: a contiguous CPU
+// int64 [T] (a strided view is copied; reading its data_ptr() would walk the wrong memory) without
+// trailing zeros (steps no sequence reaches, which nn.RNN accepts), keeping at least one step.
+// Validates type, device and rank; check_rnn_args validates the values.
+std::optional<at::Tensor> canonical_batch_sizes(const std::optional<at::Tensor>& batch_sizes);
+
+// Validates shapes, dtypes and devices with messages that name the offending argument. batch_sizes
+// must have been through canonical_batch_sizes.
 void check_rnn_args(const RnnArgs& a);
-// check_rnn_args plus the gradients' shapes, for rnn_backward.
+// check_rnn_args plus the gradients' shapes, dtypes and devices and the shapes of output and
+// reserve, for rnn_backward.
 void check_rnn_backward_args(const RnnArgs& a, const at::Tensor& grad_output, const at::Tensor& grad_hy,
-                             const at::Tensor& output);
+                             const at::Tensor& output, const at::Tensor& reserve);
 
 // Returns (output [*input.shape[:-1], D*H], hy [L*D, B, H], reserve [L-1, *input.shape[:-1], D*H]).
 // reserve holds the outputs of layers 0..L-2 before dropout; the backward needs them.

@@ -21,9 +21,9 @@ class RNNFunction(torch.autograd.Function):
 
     apply(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights)
     -> (output, hy, reserve); reserve (the inner layers' outputs) is not differentiable.
-    Double backward raises: rnn_backward's autograd kernel (csrc/autograd.cpp) refuses to be
-    differentiated. (Not once_differentiable, which guards only when grad_output requires grad, so a
-    gradient penalty would silently lose its second-order terms.)
+    Double backward works: under create_graph=True rnn_backward's autograd kernel (csrc/autograd.cpp)
+    computes differentiable gradients through the composite formulation (csrc/rnn_composite.h).
+    functorch transforms need the op itself (fused_rnn.rnn or fused_rnn.RNN), not this Function.
     """
 
     @staticmethod

@@ -10,7 +10,10 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook, SpectralNormStateDictHook
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .functional import rnn
 
@@ -23,6 +26,15 @@ def _autocast_enabled(device_type: str) -> bool:
     # raises for device types without autocast (meta: nn.RNN runs there).
     return (torch._C._is_any_autocast_enabled() and device_type != "meta"
             and torch.is_autocast_enabled(device_type))
+
+
+def _autocast_cast(t, dtype: torch.dtype):
+    # What autocast does to nn.RNN's arguments: floating-point tensors other than float64 run in the
+    # autocast dtype; float64, integer and complex tensors pass unchanged (and are then rejected, or run
+    # in float64, as with nn.RNN).
+    if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+        return t.to(dtype)
+    return t
 
 
 class RNN(nn.Module):
@@ -60,9 +72,13 @@ class RNN(nn.Module):
         self._init(mode, *args, **kwargs)
 
     def _init(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-              batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-              dtype=None) -> None:
+              batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+              device=None, dtype=None) -> None:
+        # nn.RNNBase.__init__'s signature, proj_size slot included, so that positional device/dtype land
+        # where they land in nn.RNN; and its order: float(dropout) before the checks (its TypeError for
+        # dropout=None, its ValueError for a non-numeric string).
         factory_kwargs = {"device": device, "dtype": dtype}
+        self.dropout = float(dropout)
         if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                              "element being zeroed")
@@ -84,6 +100,14 @@ class RNN(nn.Module):
             raise ValueError("hidden_size must be greater than zero")
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if proj_size > 0:
+            # Only reachable positionally (the keyword is refused in __init__). nn.RNN builds a module
+            # with a projection weight that its own forward cannot run; refuse it here instead.
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
         self.mode = mode
         self.input_size = input_size
@@ -91,7 +115,6 @@ class RNN(nn.Module):
         self.num_layers = num_layers
         self.bias = bias
         self.batch_first = batch_first
-        self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = 0
         num_directions = 2 if bidirectional else 1
@@ -112,6 +135,10 @@ class RNN(nn.Module):
                 self._all_weights.append(names)
         self.reset_parameters()
 
+    # Python's own argument errors (unknown keyword, missing or surplus arguments) name the function:
+    # this one stands for nn.RNNBase.__init__, so that they read exactly as nn.RNN's.
+    _init.__qualname__ = "RNNBase.__init__"
+
     def reset_parameters(self) -> None:
         """U(-1/sqrt(H), 1/sqrt(H)) for every parameter, drawn in nn.RNN's order (same seed, same weights)."""
         stdv = 1.0 / math.sqrt(self.hidden_size)
@@ -120,13 +147,30 @@ class RNN(nn.Module):
 
     @property
     def _flat_weights(self) -> List[Tensor]:
+        """The weights in nn.RNN's flat order, as forward uses them (nn.RNN's attribute of that name)."""
+        return self._get_flat_weights()
+
+    def _get_flat_weights(self) -> List[Tensor]:
         # Looked up on every call, so torch.func.functional_call and parameter reassignment just work.
         # (_parameters directly: nn.Module.__getattr__ is the slow path, and tiny RNNs are overhead-bound.)
+        # A method, not only the property above: an AttributeError inside a property is swallowed by
+        # nn.Module.__getattr__, which would then report the property itself as missing.
         params = self._parameters
-        return [params[name] for name in self._flat_weights_names]
+        try:
+            return [params[name] for name in self._flat_weights_names]
+        except KeyError:
+            # A weight that is not a registered Parameter: a torch.nn.utils.parametrize parametrization
+            # (a property computing it from parametrizations.<name>), the hook-based weight_norm /
+            # spectral_norm (a plain tensor attribute the hook recomputes before each forward), or a
+            # weight deleted and re-assigned as a plain tensor or a view. getattr finds each of them, as
+            # nn.RNN's own lookup does; a deleted weight raises AttributeError naming it.
+            return [params[name] if name in params else getattr(self, name) for name in self._flat_weights_names]
 
     @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
+    def all_weights(self) -> List[List[Tensor]]:
+        """The weights per (layer, direction), as forward sees them (nn.RNN's all_weights): the Parameter
+        objects, or for a parametrized weight the tensor its parametrization computes (a new one on
+        every access, differentiable back to the parametrization's own parameters)."""
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     def flatten_parameters(self) -> None:
@@ -150,9 +194,12 @@ class RNN(nn.Module):
 
     def _check_forward_args(self, input: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor],
                             weights: List[Tensor]) -> None:
-        """nn.RNN's checks, with its exception types and messages (hx None: the zeros made later fit)."""
+        """nn.RNN's checks, with its exception types and messages (hx None: the zeros made later fit).
+        The weights' devices are checked only once the op has refused the call (_raise_as_nn_rnn)."""
         w0 = weights[0]
-        if input.dtype != w0.dtype and not _autocast_enabled(input.device.type):
+        # Any autocast, not just input's device type's: nn.RNN's condition, so that the same calls get
+        # this ValueError.
+        if input.dtype != w0.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({w0.dtype}). "
                              f"Convert input: input.to({w0.dtype}), or convert model: model.to({input.dtype})")
         expected_input_dim = 2 if batch_sizes is not None else 3
@@ -161,6 +208,11 @@ class RNN(nn.Module):
         if self.input_size != input.size(-1):
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {input.size(-1)}")
+        if batch_sizes is not None and (batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1):
+            # A hand-made PackedSequence. nn.RNN fails later, with a message (and type) that depends on
+            # where the wrong tensor first trips (torch.zeros, int(), its kernel); the op's message
+            # says what is wrong.
+            raise RuntimeError("batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)")
         device = input.device
         if hx is not None:
             if batch_sizes is not None:
@@ -171,12 +223,29 @@ class RNN(nn.Module):
             expected_hidden_size = (self.num_layers * num_directions, mini_batch, self.hidden_size)
             if hx.size() != expected_hidden_size:
                 raise RuntimeError(f"Expected hidden size {expected_hidden_size}, got {list(hx.size())}")
-        if w0.device != device:
-            raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor at "
-                               f"{device} and parameter tensor at {w0.device}")
-        if hx is not None and hx.device != device:
-            raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
-                               f"{device} and hidden tensor at {hx.device}")
+            if hx.device != device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
+                                   f"{device} and hidden tensor at {hx.device}")
+
+    @staticmethod
+    def _raise_as_nn_rnn(input: Tensor, batch_sizes: Optional[Tensor], weights: List[Tensor]) -> None:
+        """Called once the op has refused a call: raises what nn.RNN raises before computing, in its
+        order, if that is the cause (a weight that is not a tensor; a weight on another device than
+        input), else returns. Checking every weight up front would add a per-weight cost to every call,
+        which tiny (overhead-bound) RNNs feel; a wrong device or a None weight always makes the op
+        raise (another device's kernel, or the fake kernel for meta tensors, checks them), so checking
+        after that finds the same errors at no cost to calls that succeed."""
+        for i, w in enumerate(weights):
+            if not isinstance(w, Tensor):
+                # nn.RNN's _VF.rnn_tanh / rnn_relu argument parsing: the weights are its argument 2
+                # (argument 3 for packed input, after batch_sizes).
+                raise TypeError(f"expected Tensor as element {i} in argument {2 if batch_sizes is None else 3}, "
+                                f"but got {type(w).__name__}") from None
+        device = input.device
+        for w in weights:
+            if w.device != device:
+                raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor "
+                                   f"at {device} and parameter tensor at {w.device}") from None
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -200,6 +269,13 @@ class RNN(nn.Module):
 
     def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
         data, batch_sizes, sorted_indices, unsorted_indices = input
+        if batch_sizes.dim() == 1 and data.dim() == 2:
+            rows = int(batch_sizes.sum())
+            if data.size(0) > rows:
+                # Rows past sum(batch_sizes) belong to no sequence: ignored (zero gradient), as nn.RNN's
+                # forward direction does. (Its reverse direction starts from the data's end, so there it
+                # reads them; the ops themselves refuse such input.)
+                data = data[:rows]
         if hx is not None and sorted_indices is not None:
             hx = hx.index_select(1, sorted_indices)
         output, hy = self._run(data, hx, batch_sizes)
@@ -209,28 +285,47 @@ class RNN(nn.Module):
 
     def _run(self, data: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """data [T, B, I] ([B, T, I] if batch_first) or packed [N, I]; hx [L*D, B, H] or None (zeros)."""
-        weights = self._flat_weights
+        weights = self._get_flat_weights()
         self._check_forward_args(data, hx, batch_sizes, weights)
+        run_weights = weights
         if torch._C._is_any_autocast_enabled() and _autocast_enabled(data.device.type):
             # Like nn.RNN under autocast: run in the autocast dtype (float16 on CUDA by default).
             dt = torch.get_autocast_dtype(data.device.type)
-            data, weights = data.to(dt), [w.to(dt) for w in weights]
-            hx = None if hx is None else hx.to(dt)
-        return rnn(data, hx, weights, num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
-                   batch_first=self.batch_first and batch_sizes is None, dropout=self.dropout,
-                   training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
+            data, run_weights = _autocast_cast(data, dt), [_autocast_cast(w, dt) for w in weights]
+            hx = None if hx is None else _autocast_cast(hx, dt)
+        try:
+            return rnn(data, hx, run_weights, num_layers=self.num_layers, nonlinearity=self.nonlinearity,
+                       bias=self.bias, batch_first=self.batch_first and batch_sizes is None, dropout=self.dropout,
+                       training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
+        except (RuntimeError, TypeError):
+            self._raise_as_nn_rnn(data, batch_sizes, weights)
+            raise
 
     # ---- conversion to and from torch.nn.RNN -----------------------------------------------------
 
     @classmethod
     def from_torch(cls, module: nn.RNN) -> "RNN":
-        """A fused_rnn.RNN that shares `module`'s Parameter objects (no copy: same device, dtype, and an
-        optimizer built on `module` keeps working), with the same configuration and training mode."""
+        """A fused_rnn.RNN that shares `module`'s weights (no copy: same device, dtype, and an optimizer
+        built on `module` keeps working), with the same configuration and training mode.
+
+        Shared: the Parameter objects; a plain tensor assigned in place of a weight (it stays a plain
+        attribute); a torch.nn.utils.parametrize parametrization (parametrizations.<name> is the same
+        module: its original tensors and the parametrization's own parameters and buffers, so
+        state_dict keys match); the deprecated hook-based torch.nn.utils.weight_norm / spectral_norm
+        (the same hook objects, with their <name>_g / _v / _orig parameters and _u / _v buffers).
+        A weight deleted from `module` is absent from the result too. Other hooks are not copied."""
         return _convert(module, cls)
 
     def to_torch(self) -> nn.RNN:
-        """The torch.nn.RNN twin of this module, sharing its Parameter objects."""
+        """The torch.nn.RNN twin of this module, sharing its weights as from_torch does."""
         return _convert(self, nn.RNN)
+
+
+def _is_rnn(module: nn.Module, cls) -> bool:
+    """`module` is a `cls` itself, or one that torch.nn.utils.parametrize has parametrized (which
+    swaps its class for a generated subclass); not a user's subclass, whose forward may differ."""
+    t = type(module)
+    return t is cls or (t.__bases__ == (cls,) and parametrize.is_parametrized(module))
 
 
 def _convert(src: nn.Module, cls):
@@ -239,12 +334,44 @@ def _convert(src: nn.Module, cls):
     if getattr(src, "proj_size", 0):
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
     kwargs = {k: getattr(src, k) for k in _CONVERTED_ATTRS}
-    w0 = getattr(src, src._flat_weights_names[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dropout-with-one-layer warning was given when src was built
-        dst = cls(**kwargs, device="meta", dtype=w0.dtype)
-    for name in dst._flat_weights_names:
-        setattr(dst, name, getattr(src, name))
+        # On meta: every weight is replaced (or deleted) below, so the dtype does not matter.
+        dst = cls(**kwargs, device="meta")
+    names = dst._flat_weights_names
+    # Parametrized weights first, in src's order (that of its parametrizations ModuleDict, hence of
+    # its state_dict keys). register_parametrization sets up dst's generated class and property; the
+    # placeholder list it creates is then swapped for src's own.
+    parametrized = [n for n in src.parametrizations if n in names] if parametrize.is_parametrized(src) else []
+    for name in parametrized:
+        parametrize.register_parametrization(dst, name, nn.Identity(), unsafe=True)
+        dst.parametrizations[name] = src.parametrizations[name]
+    for name in names:
+        if name in parametrized:
+            continue
+        value = getattr(src, name, None)
+        if isinstance(value, nn.Parameter) or (value is None and name in src._parameters):
+            setattr(dst, name, value)  # a Parameter, or a None registered in its place
+        else:
+            delattr(dst, name)
+            if value is not None:  # else deleted from src: absent from dst too
+                setattr(dst, name, value)  # a plain tensor stays a plain attribute, shared, not promoted
+    # What the hook-based torch.nn.utils.weight_norm / spectral_norm registered on src: their extra
+    # parameters and buffers (<name>_g, <name>_v, <name>_orig, <name>_u), shared, and their hooks.
+    flat = set(names)
+    for pname, p in src._parameters.items():
+        if pname not in flat and pname not in dst._parameters:
+            dst.register_parameter(pname, p)
+    for bname, b in src._buffers.items():
+        if bname not in dst._buffers:
+            dst.register_buffer(bname, b, persistent=bname not in src._non_persistent_buffers_set)
+    for hook in src._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            dst.register_forward_pre_hook(hook)
+        elif isinstance(hook, SpectralNorm):
+            dst.register_forward_pre_hook(hook)
+            dst._register_state_dict_hook(SpectralNormStateDictHook(hook))
+            dst._register_load_state_dict_pre_hook(SpectralNormLoadStateDictPreHook(hook))
     if isinstance(dst, nn.RNN):
         dst._init_flat_weights()
     dst.train(src.training)
@@ -252,12 +379,13 @@ def _convert(src: nn.Module, cls):
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replaces every torch.nn.RNN inside `model` (in place) by a fused_rnn.RNN sharing its parameters.
-    Returns `model`, or the converted module if `model` itself is an nn.RNN."""
-    if type(model) is nn.RNN:
+    """Replaces every torch.nn.RNN inside `model` (in place; parametrized ones too, see
+    RNN.from_torch) by a fused_rnn.RNN sharing its weights. Returns `model`, or the converted module
+    if `model` itself is an nn.RNN. Subclasses of nn.RNN are left alone (their forward may differ)."""
+    if _is_rnn(model, nn.RNN):
         return RNN.from_torch(model)
     for name, child in model.named_children():
-        if type(child) is nn.RNN:
+        if _is_rnn(child, nn.RNN):
             setattr(model, name, RNN.from_torch(child))
         else:
             convert(child)

@@ -187,21 +187,6 @@ def test_fake_kernels_match_real_shapes():
             assert r.shape == f.shape and r.dtype == f.dtype, case
 
 
-@pytest.mark.parametrize("path", ["module", "op"])
-def test_double_backward_raises(path):
-    model = fused_rnn.RNN(3, 4, 2, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    if path == "module":
-        out = model(x)[0]
-    else:
-        hx = torch.zeros(2, 2, 4, dtype=torch.float64)
-        out = torch.ops.fused_rnn.rnn_forward(x, hx, list(model.parameters()), None, None, 2, False, False, True)[0]
-    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
-    # A gradient penalty must not silently lose its second-order terms.
-    with pytest.raises(RuntimeError, match="double backward is not supported"):
-        (g.pow(2).sum() + x.sum()).backward()
-
-
 # ---- dropout -------------------------------------------------------------------------------------
 
 def test_functional_dropout_mask_matches_reference():

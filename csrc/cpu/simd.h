@@ -180,7 +180,8 @@ FUSED_RNN_INLINE void activate(int64_t M, int64_t N, T* c, int64_t ldc, bool rel
   }
 }
 
-// D[M, N] *= act'(Y): tanh' = 1 - y², relu' = [y > 0].
+// D[M, N] *= act'(Y): tanh' = 1 - y², relu' = [!(y <= 0)]: like nn.RNN's threshold_backward, a NaN
+// output passes its gradient through (selecting on y > 0 would zero it).
 template <typename T>
 FUSED_RNN_INLINE void activation_grad(int64_t M, int64_t N, T* d, int64_t ldd, const T* y, int64_t ldy, bool relu) {
   using S = Simd<T>;
@@ -192,9 +193,9 @@ FUSED_RNN_INLINE void activation_grad(int64_t M, int64_t N, T* d, int64_t ldd, c
     int64_t j = 0;
     for (; j + S::kLanes <= N; j += S::kLanes) {
       const vec yv = S::load(yrow + j), dv = S::load(drow + j);
-      S::store(drow + j, relu ? (yv > zero ? dv : zero) : dv * (one - yv * yv));
+      S::store(drow + j, relu ? (yv <= zero ? zero : dv) : dv * (one - yv * yv));
     }
-    for (; j < N; ++j) drow[j] = relu ? (yrow[j] > T(0) ? drow[j] : T(0)) : drow[j] * (T(1) - yrow[j] * yrow[j]);
+    for (; j < N; ++j) drow[j] = relu ? (yrow[j] <= T(0) ? T(0) : drow[j]) : drow[j] * (T(1) - yrow[j] * yrow[j]);
   }
 }
 

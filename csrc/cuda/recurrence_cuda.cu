@@ -115,7 +115,8 @@ struct CudnnTf32Rule {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
-  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
+  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
   check_rnn_args(a);
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Rule tf32;
@@ -127,8 +128,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
     at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
     bool has_biases) {
-  const RnnArgs a{input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_backward_args(a, grad_output, grad_hy, output);
+  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
+  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Rule tf32;
   return rnn_backward_stack(a, grad_output, grad_hy, output, reserve, kCudaKernels);

@@ -71,8 +71,9 @@ __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-__device__ __forceinline__ float act(float z, bool relu) { return relu ? (z > 0.f ? z : 0.f) : tanhf(z); }
-__device__ __forceinline__ double act(double z, bool relu) { return relu ? (z > 0. ? z : 0.) : tanh(z); }
+// relu selects on z < 0 (and its gradient on y <= 0) so that NaN propagates as through nn.RNN.
+__device__ __forceinline__ float act(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
+__device__ __forceinline__ double act(double z, bool relu) { return relu ? (z < 0. ? 0. : z) : tanh(z); }
 
 // BT consecutive accumulators from shared memory, vectorised where the row is 16-byte aligned.
 template <int BT, typename A>
@@ -292,7 +293,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
           if (is_final(row)) hout[row * H + jg] = static_cast<T>(v);
         } else {
           const acc_t g = in + (reads_state(row) ? m : static_cast<acc_t>(hin[row * H + jg]));
-          v = p.relu ? (yy > acc_t(0) ? g : acc_t(0)) : g * (acc_t(1) - yy * yy);
+          v = p.relu ? (yy <= acc_t(0) ? acc_t(0) : g) : g * (acc_t(1) - yy * yy);
           if (M != Mode::Single && is_final(row)) last[row * H + jg] = v;
         }
         buf[index_of(i)] = static_cast<T>(v);
