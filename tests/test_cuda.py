@@ -301,3 +301,43 @@ def test_runs_on_the_current_stream():
             out, _ = fused(x)
         torch.cuda.current_stream().wait_stream(stream)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+# ---- beyond first-order reverse mode, and the in-place contract, on the GPU ---------------------
+
+def _cuda_twins(**kwargs):
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 5, dtype=F64, device=DEV, **kwargs)
+    fused = fused_rnn.RNN(3, 5, dtype=F64, device=DEV, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def test_double_backward_and_torch_func_on_cuda():
+    """create_graph and torch.func take the composite route on the GPU too; float64 against nn.RNN's
+    native CUDA path (cuDNN's RNN is neither twice differentiable nor forward-mode differentiable)."""
+    ref, fused = _cuda_twins(num_layers=2, bidirectional=True, nonlinearity="relu")
+    x = torch.randn(4, 2, 3, dtype=F64, device=DEV)
+    results = []
+    for m in (ref, fused):
+        with torch.backends.cudnn.flags(enabled=False):
+            xx = x.clone().requires_grad_()
+            g, = torch.autograd.grad(m(xx)[0].sin().sum(), xx, create_graph=True)
+            second = torch.autograd.grad(g.pow(2).sum(), [xx, *m.parameters()])
+            params = {k: v.detach() for k, v in m.named_parameters()}
+            jac = torch.func.jacfwd(lambda p: torch.func.functional_call(m, p, (x,))[0].sum(), argnums=0)(params)
+        results.append((second, jac))
+    for a, b in zip(torch.utils._pytree.tree_leaves(results[1]), torch.utils._pytree.tree_leaves(results[0])):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_inplace_change_of_output_raises_like_cudnn():
+    """cuDNN saves its output for backward, so nn.RNN on the GPU refuses an in-place change of it
+    before backward; the fused CUDA path saves its output too (no copy) and refuses it the same way."""
+    ref, fused = _cuda_twins()
+    for m in (ref, fused):
+        x = torch.randn(4, 2, 3, dtype=F64, device=DEV, requires_grad=True)
+        out, _ = m(x)
+        out.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
