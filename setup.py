@@ -6,13 +6,17 @@ Environment switches (documented in README.md):
   FUSED_RNN_CUDA=1   CUDA required: fail loudly if torch has no CUDA or nvcc is missing.
   unset              CUDA when torch was built with CUDA and nvcc is found, else CPU only.
   TORCH_CUDA_ARCH_LIST  target GPUs (default "8.0;9.0"); MAX_JOBS  parallel compile jobs.
+  FUSED_RNN_DEBUG=1  -O0 -g (and device debug info, -G, for CUDA) instead of -O3.
+  FUSED_RNN_WERROR=1 C++ warnings (-Wall -Wextra) are errors (CI sets it).
 The decision never looks at torch.cuda.is_available(): a build machine without a GPU must still
 build the CUDA kernels.
 """
 import glob
 import os
+import re
 import shutil
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -72,7 +76,33 @@ def _torch_nvidia_include():
 with_cuda, cuda_home = _want_cuda()
 os.environ.setdefault("MAX_JOBS", _default_max_jobs())
 
-cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=fast"]
+def _version():
+    # Defined once, in fused_rnn/__init__.py.
+    with open(os.path.join(ROOT, "fused_rnn", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def _switch(name):
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise RuntimeError(f"{name} must be 0, 1 or unset, got {value!r}")
+    return value == "1"
+
+
+debug = _switch("FUSED_RNN_DEBUG")
+# Torch's and Python's headers as system headers: -Wextra then judges only this project's code.
+# (GCC ignores the -I that cpp_extension adds for a directory also given with -isystem.)
+system_includes = []
+for d in cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]:
+    system_includes += ["-isystem", d]
+# -Wno-psabi: simd.h's 256-bit vector types pass by value between always-inline functions only, so
+# GCC's note that their ABI differs without AVX (baseline build) never concerns a real call.
+cxx_flags = ["-O0" if debug else "-O3", "-fno-math-errno", "-ffp-contract=fast", "-Wall", "-Wextra", "-Wno-psabi",
+             *system_includes]
+if debug:
+    cxx_flags.append("-g")
+if _switch("FUSED_RNN_WERROR"):
+    cxx_flags.append("-Werror")
 # at::parallel_for is a header template: its `#pragma omp parallel` runs threads only in code compiled
 # with -fopenmp; without it every parallel_for in this extension silently runs on the calling thread.
 # (The OpenMP runtime it links, libgomp.so.1, is the one torch has already loaded: same soname.)
@@ -88,7 +118,7 @@ if with_cuda:
     os.environ["CUDA_HOME"] = cuda_home
     cpp_extension.CUDA_HOME = cuda_home
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     define_macros.append(("FUSED_RNN_WITH_CUDA", "1"))
     include_dirs += _torch_nvidia_include()
     ext = cpp_extension.CUDAExtension(
@@ -98,8 +128,8 @@ if with_cuda:
         define_macros=define_macros,
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-lineinfo", "--threads", "2",
-                     "-Xptxas=-warn-spills"],
+            "nvcc": (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + ["--threads", "2",
+                                                                                "-Xptxas=-warn-spills"],
         },
         extra_link_args=link_flags,
     )
@@ -117,7 +147,7 @@ print(f"fused_rnn: building {'CPU + CUDA' if with_cuda else 'CPU only'} kernels"
 
 setup(
     name="fused_rnn",
-    version="0.1.0",
+    version=_version(),
     description="A drop-in torch.nn.RNN whose whole recurrence runs in one fused C++/CUDA kernel",
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
     ext_modules=[ext],

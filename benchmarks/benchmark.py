@@ -8,7 +8,7 @@
 
 Shapes are written B,T,I,H,L,bidirectional (input is time-major [T, B, I]). Per row and mode it
 reports the per-step latency (µs/step = median time per call / T), achieved GFLOP/s and the speedup
-nn.RNN time / fused time. Method (../shared/DESIGN.md, "Benchmark method"): correctness check
+nn.RNN time / fused time. Method (benchmarks/README.md): correctness check
 first, warm-up, then interleaved samples of A, B (and ONNX Runtime) in one process and the median;
 torch.cuda.Event timing on the GPU, time.perf_counter with a fixed thread count on the CPU.
 
@@ -65,13 +65,13 @@ class Shape:
 
 
 S = Shape
-# The issue's required CPU rows come first; they are samples of the general picture, never tuned for.
+# The rows the README quotes come first; they are samples of the general picture, never tuned for.
 CPU_QUICK = [S(3, 4, 10, 20), S(1, 1000, 10, 20), S(32, 128, 64, 128), S(16, 128, 64, 128, 2, True),
              S(16, 512, 128, 256), S(64, 256, 256, 512)]
 CPU_FULL = CPU_QUICK + [S(1, 100, 32, 64), S(8, 256, 32, 64), S(1, 512, 128, 128), S(128, 64, 64, 128),
                         S(4, 256, 128, 256, 3), S(1, 128, 512, 1024), S(32, 64, 1024, 1024)]
 CUDA_FULL = [S(B, T, H, H) for T in (128, 1024) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
-# Key shapes of issue 3: every H at T=128 for latency-bound (B=1) and throughput (B=64) batches, the
+# Key shapes: every H at T=128 for latency-bound (B=1) and throughput (B=64) batches, the
 # B<=64, H in {512, 1024} goal region also at T=1024, and the largest batch at two sizes.
 CUDA_QUICK = ([S(B, 128, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 64)]
               + [S(8, 1024, H, H) for H in (512, 1024)] + [S(256, 128, H, H) for H in (256, 1024)])
@@ -122,7 +122,7 @@ def environment(args, device):
     }
     try:
         # FUSED_RNN_GIT_COMMIT names the commit where the checkout's git metadata is missing or stale
-        # (a copied working tree on a lent GPU machine).
+        # (a copied working tree on a GPU machine).
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["git_commit"] = os.environ.get("FUSED_RNN_GIT_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
                                            capture_output=True, timeout=5).stdout.strip() or None
@@ -274,7 +274,7 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     torch.manual_seed(0)
     ref = nn.RNN(shape.I, shape.H, shape.L, bidirectional=shape.bidir, device=device)
     notes = []
-    # cuDNN has no bfloat16 RNN: nn.RNN then runs float16 (issue 3), from the same bf16-rounded weights
+    # cuDNN has no bfloat16 RNN: nn.RNN then runs float16, from the same bf16-rounded weights
     base_dtype = dtype
     if device == "cuda" and dtype == torch.bfloat16:
         try:

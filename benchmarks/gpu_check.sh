@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command for a lent H100/H200 (torch, nvcc and ninja installed, no network):
+# The GPU check, one command for an H100/H200 machine (torch, nvcc and ninja installed, no network):
 #   1. build the CUDA kernels for this GPU (TORCH_CUDA_ARCH_LIST from nvidia-smi, all cores)
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)

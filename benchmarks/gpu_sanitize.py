@@ -5,11 +5,11 @@
 DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm) arguments limit the run to
 those dtypes / regimes (default: all).
 
-FUSED_RNN_CUDA_REGIME forces the cooperative (grid) and per-step (step) kernels at small sizes;
-each configuration also checks its output against the CPU kernels, so a run that the sanitizer
-passes but that computes garbage still fails (exit code 1).
+The FUSED_RNN_CUDA_REGIME switch (set through fused_rnn._C.set_switch) forces the cooperative (grid)
+and per-step (step) kernels, or the per-step GEMM path, at small sizes; each configuration also
+checks its output against the CPU kernels, so a run that the sanitizer passes but that computes
+garbage still fails (exit code 1).
 """
-import os
 import sys
 
 import torch
@@ -26,7 +26,7 @@ def main() -> int:
     only_regimes = [a for a in sys.argv[1:] if a in regimes] or regimes
     only_dtypes = [a for a in sys.argv[1:] if a in dtypes] or dtypes
     for regime in only_regimes:
-        os.environ["FUSED_RNN_CUDA_REGIME"] = regime
+        fused_rnn._C.set_switch("FUSED_RNN_CUDA_REGIME", regime)  # the environment is read only at import
         for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float64, 9)):
             if str(dtype).split(".")[-1] not in only_dtypes:
                 continue
@@ -48,8 +48,8 @@ def main() -> int:
                         for g, c in zip(*results))
             ok = worst <= tol
             failures += not ok
-            print(f"regime={regime:5s} dtype={str(dtype):15s} H={H:3d} max rel. diff vs CPU {worst:.2e} "
-                  f"{'ok' if ok else 'MISMATCH'}")
+            print(f"regime={regime:5s} (ran {fused_rnn._C.last_cuda_regime():6s}) dtype={str(dtype):15s} H={H:3d} "
+                  f"max rel. diff vs CPU {worst:.2e} {'ok' if ok else 'MISMATCH'}")
     return 1 if failures else 0
 
 

@@ -1,5 +1,5 @@
 // Autograd kernels of the ops, in C++ so that calling an op costs no Python (a Python autograd
-// registration adds ~100 µs per call, more than the whole forward of a small RNN).
+// registration costs more per call than the whole forward of a small RNN).
 //   rnn_forward:  one node for the whole multi-layer RNN; its backward is the rnn_backward op.
 //                 Under a functorch transform or with forward-mode tangents it runs the composite
 //                 formulation instead (rnn_composite.h), which every transform can see through.
@@ -90,11 +90,10 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     if (is_transformed(grads[0]) || is_transformed(grads[1])) {
       // Batched gradients (vmap over this backward): the fused op has no batching rule; the
       // composite ops all have one.
-      const std::optional<Tensor> bs = canonical_batch_sizes(opt(s[2]));
-      const std::optional<Tensor> mask = opt(s[3]);
-      const RnnArgs a{input, hx, weights, bs, mask, num_layers, bidirectional, relu, has_biases};
+      const CheckedRnnArgs checked(input, hx, weights, opt(s[2]), opt(s[3]), num_layers, bidirectional, relu,
+                                   has_biases);
       std::tie(grad_input, grad_hx, grad_weights) =
-          rnn_backward_by_recompute(a, grad_output, grad_hy, at::GradMode::is_enabled());
+          rnn_backward_by_recompute(checked.args, grad_output, grad_hy, at::GradMode::is_enabled());
     } else {
       // rnn_backward's own autograd kernel takes the differentiable route under create_graph.
       std::tie(grad_input, grad_hx, grad_weights) =
@@ -116,9 +115,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
                                                         const std::optional<Tensor>& dropout_mask, int64_t num_layers,
                                                         bool bidirectional, bool relu, bool has_biases) {
   if (any_transformed(input, hx, weights) || any_tangent(input, hx, weights)) {
-    const std::optional<Tensor> bs = canonical_batch_sizes(batch_sizes);
-    const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
-    check_rnn_args(a);
+    const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                  has_biases);
+    const RnnArgs& a = checked.args;
     return rnn_forward_composite(a);
   }
   if (!any_requires_grad(input, hx, weights)) {  // inference: skip building an autograd node
@@ -138,8 +137,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(
   if (at::GradMode::is_enabled() && (grad_output.requires_grad() || grad_hy.requires_grad() ||
                                      any_requires_grad(input, hx, weights))) {
     // create_graph=True (double backward, gradgradcheck, Hessians): differentiable gradients.
-    const std::optional<Tensor> bs = canonical_batch_sizes(batch_sizes);
-    const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
+    const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                  has_biases);
+    const RnnArgs& a = checked.args;
     check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
     return rnn_backward_by_recompute(a, grad_output, grad_hy, /*create_graph=*/true);
   }
@@ -155,9 +155,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_batched(const Tensor& input, cons
                                                        const std::optional<Tensor>& batch_sizes,
                                                        const std::optional<Tensor>& dropout_mask, int64_t num_layers,
                                                        bool bidirectional, bool relu, bool has_biases) {
-  const std::optional<Tensor> bs = canonical_batch_sizes(batch_sizes);
-  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_args(a);
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  const RnnArgs& a = checked.args;
   return rnn_forward_composite(a);
 }
 
@@ -165,8 +165,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_batched(
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, at::TensorList weights,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask, const Tensor& output,
     const Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
-  const std::optional<Tensor> bs = canonical_batch_sizes(batch_sizes);
-  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  const RnnArgs& a = checked.args;
   check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
   return rnn_backward_by_recompute(a, grad_output, grad_hy, at::GradMode::is_enabled());
 }

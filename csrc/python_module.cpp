@@ -6,8 +6,8 @@
 //   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward
 //                     (and hx may be None for zeros, with unpacked [T, B, I] input),
 //                     called through the dispatcher's typed handle. torch.ops matches the arguments
-//                     against the schema in Python and boxes them (~8 µs a call on the 2-core CI
-//                     machine, as long as a whole tiny RNN's forward); this entry parses nine
+//                     against the schema in Python and boxes them (as long as a whole tiny RNN's
+//                     forward takes); this entry parses nine
 //                     positional arguments by hand. It dispatches exactly like the op (autograd,
 //                     Python dispatch modes included); fused_rnn/ops.py uses it only where no
 //                     __torch_function__ override could want to see the call.
@@ -22,7 +22,9 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/recurrence_cpu.h"
 #include "op_handles.h"
+#include "switches.h"
 
 namespace {
 
@@ -87,7 +89,7 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const bool bidirectional = bool_arg(args[6], "bidirectional");
   const bool relu = bool_arg(args[7], "relu");
   const bool has_biases = bool_arg(args[8], "has_biases");
-  // hx None: nn.RNN's zeros [L*D, B, H], H from W_hh [H, H] (created here: ~3 µs cheaper than in Python).
+  // hx None: nn.RNN's zeros [L*D, B, H], H from W_hh [H, H] (created here: cheaper than in Python).
   at::Tensor hx_zeros;
   if (args[1] == Py_None) {
     TORCH_CHECK(!batch_sizes, "fused_rnn._C.rnn_forward: hx=None needs unpacked input");
@@ -114,14 +116,47 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// set_switch(name, value) / get_switch(name): the run-time switches of switches.h.
+PyObject* set_switch(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  const char* name = nullptr;
+  const char* value = nullptr;
+  if (!PyArg_ParseTuple(args, "ss", &name, &value)) return nullptr;
+  fused_rnn::switches::set(name, value);
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* get_switch(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
+  return PyUnicode_FromString(fused_rnn::switches::get(name).c_str());
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* cpu_isa_in_use(PyObject*, PyObject*) { return PyUnicode_FromString(fused_rnn::cpu_isa_in_use()); }
+
+PyObject* last_cuda_regime(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fused_rnn::switches::last_cuda_regime());
+}
+
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
     {"parallel_threads_used", parallel_threads_used, METH_NOARGS,
      "Threads one at::parallel_for in this library runs on (1 if built without OpenMP)."},
     {"rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)), METH_FASTCALL,
      "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
+    {"set_switch", set_switch, METH_VARARGS,
+     "set_switch(name, value): sets a run-time switch (FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, "
+     "FUSED_RNN_CUDA_REGIME) for this process; the environment is read once, at import."},
+    {"get_switch", get_switch, METH_VARARGS, "get_switch(name): the current value of a run-time switch."},
+    {"cpu_isa_in_use", cpu_isa_in_use, METH_NOARGS,
+     "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
+    {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
+     "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm'; '' before any)."},
     {nullptr, nullptr, 0, nullptr}};
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

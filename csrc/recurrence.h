@@ -4,47 +4,23 @@
 //   T steps, B batch (largest batch for packed input), I layer input width, H hidden size,
 //   D directions (1 or 2), L layers, N = rows of a layer's step-major buffers.
 //
-// Step-major layout, shared by every buffer of a layer ([N, D*H]): step t owns the rows
-// [offset(t), offset(t) + batch_size(t)). Batch sizes never increase with t (PackedSequence's
-// rule), so the sequences alive at step t are always rows 0 .. batch_size(t)-1 of that step.
-//   - unpacked input:  batch_size(t) = B, offset(t) = t*B, N = T*B   (batch_sizes undefined)
-//   - packed input:    batch_sizes is PackedSequence's CPU int64 [T], N = sum(batch_sizes)
-// Direction d of a row lives in columns [d*H, (d+1)*H). Direction 1 runs t = T-1 .. 0, and each
-// sequence's reverse pass starts at its own last step.
+// The step-major layout of the buffers and its rule: step_layout.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <vector>
+
+#include "step_layout.h"
 
 namespace fused_rnn {
-
-// Tensors per (layer, direction) in nn.RNN's flat weight list: w_ih, w_hh, then b_ih, b_hh with biases.
-inline int64_t weights_per_direction(bool has_biases) { return has_biases ? 4 : 2; }
-
-// Host-side view of the step layout, built once per call from batch_sizes (or T, B).
-struct StepLayout {
-  int64_t T = 0;
-  int64_t B = 0;
-  std::vector<int64_t> batch;   // [T + 1], batch[T] = 0 so "rows that end at step t" is batch[t+1]..batch[t]
-  std::vector<int64_t> offset;  // [T + 1], offset[T] = N
-
-  // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
-  StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
-  bool uniform() const { return uniform_; }
-  int64_t rows() const { return offset[T]; }
-
- private:
-  bool uniform_ = true;
-};
 
 // Forward recurrence of one layer, all directions, in place.
 //   out  [N, D*H]  on entry: pre_t = x_t·W_ihᵀ + b_ih + b_hh;  on exit: h_t = act(pre_t + h_{t-1}·W_hhᵀ)
 //   h0   [D, B, H] initial hidden state            w_hh [D, H, H]
 //   hy   [D, B, H] written: each sequence's last hidden state (step len-1 forward, step 0 reverse)
 using RecurrenceForwardFn = void (*)(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                                     const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
+                                     const StepLayout& lay, bool relu, const at::Tensor& hy);
 
 // Backward recurrence (BPTT) of one layer, all directions, in place.
 //   dpre [N, D*H]  on entry: g_t = dL/dh_t from the layer above (or the loss);
@@ -53,11 +29,12 @@ using RecurrenceForwardFn = void (*)(const at::Tensor& out, const at::Tensor& h0
 //   y    [N, D*H]  the forward output h_t                 w_hh [D, H, H]
 //   ghy  [D, B, H] gradient of hy                         dh0  [D, B, H] written: gradient of h0
 using RecurrenceBackwardFn = void (*)(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                                      const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
+                                      const at::Tensor& w_hh, const StepLayout& lay, bool relu,
                                       const at::Tensor& dh0);
 
 // Optional: the input projection of one layer for sizes too small for a library GEMM call to pay
-// off (on the CPU an addmm of a few thousand multiply-adds costs ~15 µs of call overhead). Writes
+// off (on the CPU an addmm of a few thousand multiply-adds costs more in call overhead than in
+// arithmetic). Writes
 //   out [N, D*H] = in [N, I_l] · W_ih[d]ᵀ + b_ih[d] + b_hh[d]   for each direction d
 // and returns true, or returns false and writes nothing when it does not apply.
 //   params: the layer's nn.RNN weights, per direction w_ih [H, I_l], w_hh [H, H], then b_ih, b_hh
@@ -66,8 +43,8 @@ using SmallProjectionFn = bool (*)(const at::Tensor& out, const at::Tensor& in, 
                                    bool has_biases);
 
 // Optional, the backward's counterpart: one layer's weight and input gradients for sizes too small
-// for library GEMM calls to pay off (five of them, plus a sum, narrows and clones: ~40 µs of call
-// overhead on the CPU around a few thousand multiply-adds). With δ = dpre [N, D*H] (after BPTT),
+// for library GEMM calls to pay off (five of them, plus a sum, narrows and clones: on the CPU far
+// more call overhead than the few thousand multiply-adds they wrap). With δ = dpre [N, D*H] (after BPTT),
 // the layer input in [N, I_l], its output y [N, D*H] and h0 [D, B, H], allocates and writes, per
 // direction d (grads[d*per + k], per = 4 with biases, else 2, nn.RNN's order):
 //   dW_ih[d] = δ_dᵀ · in  [H, I_l]      dW_hh[d] = Σ_t δ_d,tᵀ · h_prev_t  [H, H]
@@ -84,16 +61,5 @@ struct RecurrenceKernels {
   SmallProjectionFn small_projection = nullptr;
   SmallLayerGradsFn small_layer_grads = nullptr;
 };
-
-void recurrence_forward_cpu(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                            const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
-void recurrence_backward_cpu(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                             const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
-                             const at::Tensor& dh0);
-bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::TensorList params, int64_t D,
-                          bool has_biases);
-bool small_layer_grads_cpu(const at::Tensor& dpre, const at::Tensor& in, const at::Tensor& y, const at::Tensor& h0,
-                           const StepLayout& lay, at::TensorList params, int64_t D, bool has_biases, at::Tensor* grads,
-                           at::Tensor& dx);
 
 }  // namespace fused_rnn

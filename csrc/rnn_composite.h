@@ -17,7 +17,7 @@
 #include <tuple>
 #include <vector>
 
-#include "rnn_stack.h"
+#include "checks.h"
 
 namespace fused_rnn {
 

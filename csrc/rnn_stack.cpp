@@ -10,25 +10,6 @@
 
 namespace fused_rnn {
 
-StepLayout::StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b) : B(b) {
-  uniform_ = !batch_sizes.defined();
-  if (uniform_) {
-    T = b > 0 ? n_rows / b : 0;
-    batch.assign(T + 1, b);
-    batch[T] = 0;
-  } else {
-    TORCH_CHECK(batch_sizes.device().is_cpu() && batch_sizes.dim() == 1,
-                "fused_rnn: batch_sizes must be a 1-D CPU tensor");
-    const at::Tensor contiguous = batch_sizes.contiguous();  // the pointer below walks T elements
-    T = contiguous.numel();
-    const int64_t* bs = contiguous.data_ptr<int64_t>();       // checks the dtype
-    batch.assign(bs, bs + T);
-    batch.push_back(0);
-  }
-  offset.assign(T + 1, 0);
-  for (const auto t : c10::irange(T)) offset[t + 1] = offset[t] + batch[t];
-}
-
 namespace {
 
 const at::Tensor& weight(const RnnArgs& a, int64_t layer, int64_t dir, int64_t which) {
@@ -71,7 +52,7 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
 }
 
 // The input of layer l as a [N, I_l] matrix: the data for layer 0, else the layer below after dropout.
-at::Tensor layer_input(const RnnArgs& a, const at::Tensor& x, const at::Tensor& reserve, const at::Tensor& mask,
+at::Tensor layer_input(const at::Tensor& x, const at::Tensor& reserve, const at::Tensor& mask,
                        int64_t layer, int64_t n, int64_t dh) {
   if (layer == 0) return x;
   at::Tensor below = reserve[layer - 1].view({n, dh});
@@ -90,15 +71,14 @@ at::Tensor grad_w_hh(const StepLayout& lay, const at::Tensor& delta, const at::T
     const at::Tensor y_rest = reverse ? y.narrow(0, B, N - B) : y.narrow(0, 0, N - B);
     return at::addmm(d_first.t().mm(h0), d_rest.t(), y_rest);
   }
-  // Packed: gather each row's h_prev from [y; h0] (rows N.. are h0).
+  // Packed: gather each row's h_prev from [y; h0] (rows N.. are h0): the previous step's output
+  // for a continued row, else h0.
+  const StepRule rule = lay.rule();
   std::vector<int64_t> idx(N);
   for (const auto t : c10::irange(lay.T)) {
-    for (const auto b : c10::irange(lay.batch[t])) {
-      int64_t src = N + b;
-      if (!reverse && t > 0) src = lay.offset[t - 1] + b;
-      if (reverse && t + 1 < lay.T && b < lay.batch[t + 1]) src = lay.offset[t + 1] + b;
-      idx[lay.offset[t] + b] = src;
-    }
+    const int64_t carried = rule.continued_rows(t, reverse);
+    for (const auto b : c10::irange(lay.batch[t]))
+      idx[lay.offset[t] + b] = b < carried ? lay.offset[rule.prev_step(t, reverse)] + b : N + b;
   }
   const at::Tensor index = at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(delta.device());
   return delta.t().mm(at::cat({y, h0}, 0).index_select(0, index));
@@ -113,6 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
   const at::Tensor bs = a.batch_sizes ? *a.batch_sizes : at::Tensor();
   const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
   const int64_t N = x.size(0);
+  const StepLayout lay(bs, N, B);
 
   const auto out_shape = with_last(a.input.sizes(), D * H);
   auto reserve_shape = out_shape;
@@ -123,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
 
   const int64_t per_layer = D * weights_per_direction(a.has_biases);
   for (const auto l : c10::irange(L)) {
-    const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
+    const at::Tensor in = layer_input(x, reserve, mask, l, N, D * H);
     at::Tensor out = (l == L - 1 ? output : reserve[l]).view({N, D * H});
     const bool projected = k.small_projection != nullptr &&
                            k.small_projection(out, in, a.weights.slice(l * per_layer, per_layer), D, a.has_biases);
@@ -135,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
         at::mm_out(out, in, lw.w_ih.t());
       }
     }
-    k.forward(out, layer_state(hx, l, D), lw.w_hh, bs, a.relu, layer_state(hy, l, D));
+    k.forward(out, layer_state(hx, l, D), lw.w_hh, lay, a.relu, layer_state(hy, l, D));
   }
   return {output, hy, reserve};
 }
@@ -162,8 +143,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerWeights lw = layer_weights(a, l, /*with_bias=*/false);
     const at::Tensor y = (l == L - 1 ? output : reserve[l]).reshape({N, D * H});
-    const at::Tensor in = layer_input(a, x, reserve, mask, l, N, D * H);
-    k.backward(dpre, y, layer_state(ghy, l, D), lw.w_hh, bs, a.relu, layer_state(grad_hx, l, D));
+    const at::Tensor in = layer_input(x, reserve, mask, l, N, D * H);
+    k.backward(dpre, y, layer_state(ghy, l, D), lw.w_hh, lay, a.relu, layer_state(grad_hx, l, D));
 
     at::Tensor dx;  // [N, I_l]
     at::Tensor* grads = grad_weights.data() + l * per_layer;

@@ -13,16 +13,15 @@ from . import ops
 
 
 class RNNFunction(torch.autograd.Function):
-    """One autograd node for the whole multi-layer RNN: forward and BPTT are single C++ ops.
-
-    The Python form of the autograd the ops already carry in C++ (csrc/autograd.cpp), for code that
-    wants a torch.autograd.Function to compose or subclass; rnn() and fused_rnn.RNN call the op
-    directly, which builds the same node without Python on the call path.
+    """The ops' autograd (csrc/autograd.cpp) as a Python torch.autograd.Function, for code that wants
+    one to compose or subclass: the forward is rnn_forward, the backward rnn_backward, and what is
+    saved in between is what rnn_backward takes, the forward's arguments and results. rnn() and
+    fused_rnn.RNN call the op directly, which builds the same node without Python on the call path.
 
     apply(input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights)
     -> (output, hy, reserve); reserve (the inner layers' outputs) is not differentiable.
-    Double backward works: under create_graph=True rnn_backward's autograd kernel (csrc/autograd.cpp)
-    computes differentiable gradients through the composite formulation (csrc/rnn_composite.h).
+    Double backward works: under create_graph=True rnn_backward's autograd kernel computes
+    differentiable gradients through the composite formulation (csrc/rnn_composite.h).
     functorch transforms need the op itself (fused_rnn.rnn or fused_rnn.RNN), not this Function.
     """
 
@@ -33,16 +32,20 @@ class RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, hx, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases, *weights = inputs
+        input, hx, batch_sizes, dropout_mask, *config_and_weights = inputs
         out, _, reserve = output
-        ops.save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, out, reserve, num_layers,
-                              bidirectional, relu, has_biases)
+        # On the CPU nn.RNN lets the caller change its output in place before backward: the backward
+        # reads a copy, as the C++ node's does.
+        saved_out = out.clone() if out.device.type == "cpu" else out
+        ctx.save_for_backward(input, hx, batch_sizes, dropout_mask, saved_out, reserve, *config_and_weights[4:])
+        ctx.config = config_and_weights[:4]
         ctx.mark_non_differentiable(reserve)
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad_output, grad_hy, grad_reserve):
-        grad_input, grad_hx, grad_weights = ops.backward(ctx, grad_output, grad_hy)
+        input, hx, batch_sizes, dropout_mask, output, reserve, *weights = ctx.saved_tensors
+        grad_input, grad_hx, grad_weights = ops.rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
+                                                             dropout_mask, output, reserve, *ctx.config)
         return (grad_input, grad_hx, None, None, None, None, None, None, *grad_weights)
 
 
@@ -86,8 +89,7 @@ def rnn(
         d = 2 if bidirectional else 1
         mask = dropout_mask((num_layers - 1, *input.shape[:-1], d * weights[1].shape[0]), dropout, input)
     # The op is differentiable through its C++ autograd kernel (csrc/autograd.cpp, a
-    # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost
-    # (~150 µs per training step on a small RNN).
+    # torch::autograd::Function): the same node as RNNFunction.apply, without its Python cost.
     if torch.compiler.is_compiling():
         if hx is None:
             hx = ops.zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)

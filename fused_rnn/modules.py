@@ -57,18 +57,18 @@ class RNN(nn.Module):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if len(args) > 3:
-            self_nonlinearity = args[3]
+            nonlinearity_arg = args[3]
             args = args[:3] + args[4:]
         else:
-            self_nonlinearity = kwargs.pop("nonlinearity", "tanh")
-        if self_nonlinearity == "tanh":
+            nonlinearity_arg = kwargs.pop("nonlinearity", "tanh")
+        if nonlinearity_arg == "tanh":
             mode = "RNN_TANH"
-        elif self_nonlinearity == "relu":
+        elif nonlinearity_arg == "relu":
             mode = "RNN_RELU"
         else:
-            raise ValueError(f"Unknown nonlinearity '{self_nonlinearity}'. Select from 'tanh' or 'relu'.")
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity_arg}'. Select from 'tanh' or 'relu'.")
         super().__init__()
-        self.nonlinearity = self_nonlinearity
+        self.nonlinearity = nonlinearity_arg
         self._init(mode, *args, **kwargs)
 
     def _init(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -1,6 +1,10 @@
 """Python side of the C++ ops: loads fused_rnn._C (which defines torch.ops.fused_rnn.* and their
-autograd), registers their fake (meta) kernels for torch.compile / torch.export, and holds the
-backward helpers of functional.RNNFunction.
+autograd) and registers their fake (meta) kernels for torch.compile / torch.export.
+
+The autograd is registered in C++ (csrc/autograd.cpp), so that a call costs no Python:
+rnn_forward's backward is rnn_backward (under create_graph, the composite formulation).
+fused_rnn.functional.RNNFunction is the same autograd as a Python torch.autograd.Function over
+the same two ops.
 
 Shapes (T steps, B batch, I input, H hidden, D directions, L layers, N packed rows):
     rnn_forward(input [T, B, I] | [N, I], hx [L*D, B, H], weights, batch_sizes [T] | None,
@@ -29,9 +33,9 @@ def zeros_hx(input, weights, batch_sizes, num_layers, bidirectional):
 
 def rnn_forward_eager(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases):
     """rnn_forward for eager code (not while torch.compile / torch.export trace): through _C's direct
-    entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching,
-    ~8 µs), unless a __torch_function__ override or mode is there to see the call as the op.
-    hx may be None (zeros): for unpacked input the entry creates them in C++ (~3 µs less than here)."""
+    entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching),
+    unless a __torch_function__ override or mode is there to see the call as the op.
+    hx may be None (zeros): for unpacked input the entry creates them in C++, cheaper than here."""
     overridden = _has_torch_function((input, *weights) if hx is None else (input, hx, *weights))
     if hx is None and (overridden or batch_sizes is not None):
         hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
@@ -147,31 +151,3 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, weights, batch_sizes, dr
     _check_args(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, has_biases,
                 backward=(grad_output, grad_hy, output, reserve))
     return input.new_empty(input.shape), hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
-
-
-# Autograd of both ops is registered in C++ (csrc/autograd.cpp): a Python registration would add
-# ~100 µs to every call. rnn_forward's backward is rnn_backward; differentiating rnn_backward
-# (double backward) raises. fused_rnn.functional.RNNFunction, the same autograd as a Python
-# torch.autograd.Function, uses the two helpers below.
-
-
-def save_for_backward(ctx, input, hx, weights, batch_sizes, dropout_mask, output, reserve, num_layers,
-                      bidirectional, relu, has_biases):
-    """What the backward needs. On the CPU a copy of output, as the C++ autograd node keeps: nn.RNN
-    there lets the caller change its output in place before backward."""
-    if output.device.type == "cpu":
-        output = output.clone()
-    ctx.save_for_backward(input, hx, batch_sizes, dropout_mask, output, reserve, *weights)
-    ctx.config = (num_layers, bidirectional, relu, has_biases)
-
-
-def backward(ctx, grad_output, grad_hy):
-    """Returns (grad_input, grad_hx, grad_weights) from the saved forward. A gradient that autograd
-    did not materialise (an unused output) counts as zeros."""
-    input, hx, batch_sizes, dropout_mask, output, reserve, *weights = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(output)
-    if grad_hy is None:
-        grad_hy = torch.zeros_like(hx)
-    return rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
-                        *ctx.config)

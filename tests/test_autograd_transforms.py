@@ -12,11 +12,8 @@ import torch.func as tf
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
-import fused_rnn
-from conftest import TOL
+from conftest import F64, TOL, assert_same_results, op_args, op_fn, op_inputs, reference_fn, twins
 from fused_rnn.functional import RNNFunction
-from fused_rnn.reference import rnn_reference
-from test_ops import make_args
 
 CONFIGS = {
     "tanh_2layer_bi": dict(num_layers=2, bidirectional=True),
@@ -26,71 +23,45 @@ CONFIGS = {
 }
 
 
-def _fused(a):
-    def f(x, hx, *weights):
-        out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, hx, list(weights), a["batch_sizes"], a["dropout_mask"],
-                                                     a["num_layers"], a["bidirectional"], a["relu"], a["has_biases"])
-        return out, hy
-    return f
-
-
-def _reference(a):
-    def f(x, hx, *weights):
-        return rnn_reference(x, hx, list(weights), a["batch_sizes"], a["dropout_mask"], a["num_layers"],
-                             a["bidirectional"], a["relu"], a["has_biases"])
-    return f
-
-
 def _scalar(f):
     """A scalar loss of both outputs, nonlinear so second derivatives are not trivially zero."""
     return lambda *args: (lambda o: o[0].sin().sum() + (o[1] ** 2).sum())(f(*args))
 
 
-def _inputs(a):
-    return (a["input"], a["hx"], *a["weights"])
-
-
-def _assert_all_close(got, expected):
-    got, expected = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(expected)
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, **TOL[torch.float64])
-
-
 @pytest.mark.parametrize("config", CONFIGS)
 def test_double_backward_matches_reference(config):
     """d/dθ of |∂L/∂θ|² (a gradient penalty): second-order terms through every argument."""
-    a = make_args(**CONFIGS[config])
+    a = op_args(**CONFIGS[config])
     results = []
-    for f in (_fused(a), _reference(a)):
-        leaves = [t.detach().clone().requires_grad_() for t in _inputs(a)]
+    for f in (op_fn(a), reference_fn(a)):
+        leaves = [t.detach().clone().requires_grad_() for t in op_inputs(a)]
         grads = torch.autograd.grad(_scalar(f)(*leaves), leaves, create_graph=True)
         penalty = sum((g ** 2).sum() for g in grads)
         results.append(torch.autograd.grad(penalty, leaves))
-    _assert_all_close(*results)
+    assert_same_results(results[1], results[0], F64, scaled=False)
 
 
 @pytest.mark.parametrize("config", ["tanh_2layer_bi", "packed_bi_nobias"])
 def test_gradcheck_batched_forward_ad_and_gradgradcheck(config):
-    a = make_args(T=3, B=2, I=2, H=3, **CONFIGS[config])
-    leaves = [t.detach().clone().requires_grad_() for t in _inputs(a)]
-    f = _fused(a)
+    a = op_args(T=3, B=2, I=2, H=3, **CONFIGS[config])
+    leaves = [t.detach().clone().requires_grad_() for t in op_inputs(a)]
+    f = op_fn(a)
     assert torch.autograd.gradcheck(f, leaves, check_batched_grad=True, check_forward_ad=True)
     assert torch.autograd.gradgradcheck(f, leaves, check_batched_grad=True)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_forward_mode_dual_tensors(config):
-    a = make_args(**CONFIGS[config])
-    tangents = [torch.randn_like(t) for t in _inputs(a)]
+    a = op_args(**CONFIGS[config])
+    tangents = [torch.randn_like(t) for t in op_inputs(a)]
     results = []
-    for f in (_fused(a), _reference(a)):
+    for f in (op_fn(a), reference_fn(a)):
         with fwAD.dual_level():
-            duals = [fwAD.make_dual(t, v) for t, v in zip(_inputs(a), tangents)]
+            duals = [fwAD.make_dual(t, v) for t, v in zip(op_inputs(a), tangents)]
             out, hy = f(*duals)
             results.append([fwAD.unpack_dual(out).tangent, fwAD.unpack_dual(hy).tangent])
     assert all(t.abs().sum() > 0 for t in results[0])  # not the silent zeros of an opaque node
-    _assert_all_close(*results)
+    assert_same_results(results[1], results[0], F64, scaled=False)
 
 
 TRANSFORMS = {
@@ -107,24 +78,16 @@ TRANSFORMS = {
 @pytest.mark.parametrize("config", ["tanh_2layer_bi", "relu_1layer", "packed_bi_nobias"])
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_torch_func_transforms_match_reference(transform, config):
-    a = make_args(T=3, B=2, I=3, H=3, **CONFIGS[config])
-    got = TRANSFORMS[transform](_scalar(_fused(a)), _inputs(a))
-    expected = TRANSFORMS[transform](_scalar(_reference(a)), _inputs(a))
-    _assert_all_close(got, expected)
-
-
-def _twins(**kwargs):
-    torch.manual_seed(0)
-    ref = nn.RNN(3, 4, dtype=torch.float64, **kwargs)
-    fused = fused_rnn.RNN(3, 4, dtype=torch.float64, **kwargs)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
+    a = op_args(T=3, B=2, I=3, H=3, **CONFIGS[config])
+    got = TRANSFORMS[transform](_scalar(op_fn(a)), op_inputs(a))
+    expected = TRANSFORMS[transform](_scalar(reference_fn(a)), op_inputs(a))
+    assert_same_results(expected, got, F64, scaled=False)
 
 
 @pytest.mark.parametrize("transform", ["jacrev", "jacfwd", "hessian"])
 def test_module_jacobians_and_hessian_match_nn_rnn(transform):
     """The use that motivates it: Jacobians/Hessians of a trained RNN's dynamics via functional_call."""
-    ref, fused = _twins(num_layers=2, bidirectional=True)
+    ref, fused = twins(3, 4, num_layers=2, bidirectional=True)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     h = torch.randn(4, 2, 4, dtype=torch.float64)
 
@@ -132,20 +95,20 @@ def test_module_jacobians_and_hessian_match_nn_rnn(transform):
         return lambda params, h: (lambda o: o[0].tanh().sum() + o[1].sum())(tf.functional_call(m, params, (x, h)))
     fn = {"jacrev": tf.jacrev, "jacfwd": tf.jacfwd, "hessian": tf.hessian}[transform]
     results = [fn(loss(m), argnums=1)(dict(m.named_parameters()), h) for m in (ref, fused)]
-    _assert_all_close(results[1], results[0])
+    assert_same_results(results[0], results[1], F64, scaled=False)
 
 
 def test_autograd_functional_jacobian_vectorized_and_hessian():
-    ref, fused = _twins(nonlinearity="relu")
+    ref, fused = twins(3, 4, nonlinearity="relu")
     x = torch.randn(3, 2, 3, dtype=torch.float64)
     jac = [torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True) for m in (ref, fused)]
     hes = [torch.autograd.functional.hessian(lambda x: m(x)[0].sin().sum(), x, vectorize=True) for m in (ref, fused)]
-    _assert_all_close(jac[1], jac[0])
-    _assert_all_close(hes[1], hes[0])
+    assert_same_results(jac[0], jac[1], F64, scaled=False)
+    assert_same_results(hes[0], hes[1], F64, scaled=False)
 
 
 def test_per_sample_gradients_vmap_of_grad():
-    ref, fused = _twins(num_layers=2)
+    ref, fused = twins(3, 4, num_layers=2)
     xs = torch.randn(5, 4, 3, dtype=torch.float64)  # 5 samples of unbatched [T, I]
 
     def loss(m):
@@ -160,7 +123,7 @@ def test_per_sample_gradients_vmap_of_grad():
 
 def test_vmap_of_the_forward():
     """nn.RNN itself cannot be vmapped; fused_rnn can (the composite batching rule)."""
-    ref, fused = _twins(bidirectional=True)
+    ref, fused = twins(3, 4, bidirectional=True)
     xs = torch.randn(5, 4, 3, dtype=torch.float64)
     out, hy = tf.vmap(fused)(xs)
     for i, x in enumerate(xs):
@@ -171,7 +134,7 @@ def test_vmap_of_the_forward():
 
 def test_packed_sequence_under_grad_and_jacfwd():
     """PackedSequence built outside the transform (torch's own pack_sequence has no functorch support)."""
-    ref, fused = _twins(bidirectional=True)
+    ref, fused = twins(3, 4, bidirectional=True)
     pk = pack_sequence([torch.randn(n, 3, dtype=torch.float64) for n in (2, 4, 3)], enforce_sorted=False)
 
     def loss(m):
@@ -188,7 +151,7 @@ def test_packed_sequence_under_grad_and_jacfwd():
 @pytest.mark.parametrize("path", ["module", "op", "RNNFunction"])
 def test_gradient_penalty_keeps_second_order_terms(path):
     """create_graph=True then differentiate again, through each entry point."""
-    ref, fused = _twins(num_layers=2)
+    ref, fused = twins(3, 4, num_layers=2)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     h = torch.zeros(2, 2, 4, dtype=torch.float64)
 
@@ -204,12 +167,12 @@ def test_gradient_penalty_keeps_second_order_terms(path):
     }
     expected = second_order(ref, lambda m, xx: m(xx, h)[0])
     got = second_order(fused, calls[path])
-    _assert_all_close(got, expected)
+    assert_same_results(expected, got, F64, scaled=False)
 
 
 def test_tied_weights_double_backward():
     """One tensor in two weight positions: each position's partial gradient, summed once by autograd."""
-    ref, fused = _twins(num_layers=2)
+    ref, fused = twins(3, 4, num_layers=2)
     shared = torch.randn(4, 4, dtype=torch.float64) * 0.5
     for m in (ref, fused):
         m.weight_hh_l0 = m.weight_ih_l1 = nn.Parameter(shared.clone())
@@ -218,13 +181,13 @@ def test_tied_weights_double_backward():
     for m in (ref, fused):
         g, = torch.autograd.grad(m(x)[0].sin().sum(), m.weight_hh_l0, create_graph=True)
         results.append((g, torch.autograd.grad(g.pow(2).sum(), m.weight_hh_l0)[0]))
-    _assert_all_close(results[1], results[0])
+    assert_same_results(results[0], results[1], F64, scaled=False)
 
 
 @pytest.mark.parametrize("inplace", ["relu_", "mul_", "dropout"])
 def test_inplace_change_of_output_before_backward(inplace):
     """nn.RNN on the CPU accepts an in-place op on its output before backward; so does fused_rnn."""
-    ref, fused = _twins(num_layers=2)
+    ref, fused = twins(3, 4, num_layers=2)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     ops = {"relu_": torch.relu_, "mul_": lambda o: o.mul_(2.0),
            "dropout": lambda o: nn.functional.dropout(o, 0.5, training=True, inplace=True)}
@@ -236,19 +199,19 @@ def test_inplace_change_of_output_before_backward(inplace):
         ops[inplace](out)
         (out.sum() + hy.sum()).backward()
         grads.append([xx.grad] + [p.grad for p in m.parameters()])
-    _assert_all_close(grads[1], grads[0])
+    assert_same_results(grads[0], grads[1], F64, scaled=False)
 
 
 def test_rnn_function_allows_inplace_change_of_output():
-    a = make_args(num_layers=2, bidirectional=False)
-    leaves = [t.detach().clone().requires_grad_() for t in _inputs(a)]
+    a = op_args(num_layers=2, bidirectional=False)
+    leaves = [t.detach().clone().requires_grad_() for t in op_inputs(a)]
     results = []
     for f in (lambda *t: RNNFunction.apply(t[0], t[1], None, None, 2, False, False, True, *t[2:])[:2],
-              _reference(a)):
+              reference_fn(a)):
         for t in leaves:
             t.grad = None
         out, hy = f(*leaves)
         out.mul_(3.0)
         (out.sin().sum() + hy.sum()).backward()
         results.append([t.grad.clone() for t in leaves])
-    _assert_all_close(*results)
+    assert_same_results(results[1], results[0], F64, scaled=False)

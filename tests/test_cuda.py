@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
+from conftest import assert_within_2x, op_args, run, twins
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
@@ -45,11 +46,9 @@ def _ieee_fp32():
 def modules(dtype, I, H, **kw):
     """(float64 reference nn.RNN, baseline nn.RNN in dtype, fused_rnn.RNN in dtype), same weights:
     the reference holds the dtype-rounded values."""
-    base = nn.RNN(I, H, device=DEV, dtype=dtype, **kw)
+    base, fused = twins(I, H, device=DEV, dtype=dtype, **kw)
     ref = nn.RNN(I, H, device=DEV, dtype=F64, **kw)
     ref.load_state_dict({k: v.to(F64) for k, v in base.state_dict().items()})
-    fused = fused_rnn.RNN(I, H, device=DEV, dtype=dtype, **kw)
-    fused.load_state_dict(base.state_dict())
     return ref, base, fused
 
 
@@ -71,29 +70,22 @@ def cast(x, dtype):
     return None if x is None else x.to(dtype)
 
 
-def run(module, x, hx, g_out, g_hn, cudnn=True, autocast=False):
-    """Forward and backward with upstream gradients g_out, g_hn. Returns {name: tensor}: output, h_n,
-    grad_input, grad_hx (when hx is given) and grad_<parameter>."""
-    packed = isinstance(x, PackedSequence)
-    data = (x.data if packed else x).detach().clone().requires_grad_()
-    inp = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if packed else data
-    h = None if hx is None else hx.detach().clone().requires_grad_()
-    module.zero_grad(set_to_none=True)
-    with torch.backends.cudnn.flags(enabled=cudnn), torch.autocast("cuda", enabled=autocast):
-        out, hn = module(inp) if h is None else module(inp, h)
-    out_t = out.data if packed else out
-    ((out_t * g_out.to(out_t.dtype)).sum() + (hn * g_hn.to(hn.dtype)).sum()).backward()
-    res = {"output": out_t.detach(), "h_n": hn.detach(), "grad_input": data.grad}
-    if h is not None:
-        res["grad_hx"] = h.grad
-    res.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
-    return res
+def cuda_run(module, x, hx, g_out, g_hn, cudnn=True, autocast=False):
+    """conftest.run with upstream gradients g_out, g_hn (cast to the outputs' dtypes), the forward
+    with cuDNN enabled or not and under CUDA autocast or not."""
+    return run(module, x, hx, upstream_grads=(g_out, g_hn),
+               forward_contexts=(torch.backends.cudnn.flags(enabled=cudnn), torch.autocast("cuda", enabled=autocast)))
 
 
 def assert_within_baseline(fused, base, ref, dtype):
+    """Every result of the fused run at most 2x as far from the float64 reference as the baseline's
+    (float64 itself: within 1e-10 of it), plus ATOL scaled by the reference's largest magnitude."""
     assert fused.keys() == ref.keys() == base.keys()
     for name, r in ref.items():
         f, b = fused[name], base[name]
+        if not (isinstance(r, torch.Tensor) and r.is_floating_point()):  # packed output's batch_sizes, indices
+            assert (f is None and r is None) or torch.equal(f, r), name
+            continue
         assert f is not None and f.shape == r.shape, name
         assert f.dtype == b.dtype, name
         assert torch.isfinite(f).all(), f"{name}: non-finite values"
@@ -102,14 +94,13 @@ def assert_within_baseline(fused, base, ref, dtype):
         if dtype == F64:
             torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10 * scale, msg=lambda m: f"{name}: {m}")
             continue
-        ef = (f.to(F64) - r).abs().max().item()
-        eb = (b.to(F64) - r).abs().max().item()
-        assert ef <= 2 * eb + ATOL[dtype] * scale, (
-            f"{name}: fused error {ef:.3g} > 2 x baseline error {eb:.3g} + {ATOL[dtype] * scale:.3g}")
+        assert_within_2x(f, b, r, ATOL[dtype] * scale, name)
 
 
 def compare(dtype=torch.float32, T=6, B=3, H=33, I=5, num_layers=1, bidirectional=False, nonlinearity="tanh",
             bias=True, packed=None, hx=True, batch_first=False):
+    """Runs the three modules of modules() on the same data; returns the regime of the fused forward's
+    last recurrence launch (fused_rnn._C.last_cuda_regime())."""
     kw = dict(num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nonlinearity, bias=bias,
               batch_first=batch_first)
     ref, base, fused = modules(dtype, I, H, **kw)
@@ -119,18 +110,29 @@ def compare(dtype=torch.float32, T=6, B=3, H=33, I=5, num_layers=1, bidirectiona
     out_rows = x64.data.shape[:-1] if packed else x64.shape[:-1]
     g_out = torch.randn(*out_rows, D * H, dtype=F64, device=DEV).to(dtype).to(F64)
     g_hn = torch.randn(num_layers * D, B, H, dtype=F64, device=DEV).to(dtype).to(F64)
-    r = run(ref, x64, h64, g_out, g_hn)
-    b = run(base, cast(x64, dtype), cast(h64, dtype), g_out, g_hn, cudnn=dtype != torch.bfloat16)
-    f = run(fused, cast(x64, dtype), cast(h64, dtype), g_out, g_hn)
+    r = cuda_run(ref, x64, h64, g_out, g_hn)
+    b = cuda_run(base, cast(x64, dtype), cast(h64, dtype), g_out, g_hn, cudnn=dtype != torch.bfloat16)
+    # The fused module runs last; a layer's forward and backward take the same regime.
+    f = cuda_run(fused, cast(x64, dtype), cast(h64, dtype), g_out, g_hn)
+    regime = fused_rnn._C.last_cuda_regime()
     assert_within_baseline(f, b, r, dtype)
+    return regime
 
 
-# Regimes on an H100 (fp32): H <= ~224 one CTA per batch tile; larger H the cooperative kernel, for
-# H = 2049 one launch per direction; H = 8192 the per-step fallback. test_forced_regimes covers the
-# latter two at small sizes as well.
-@pytest.mark.parametrize("H", [1, 7, 33, 257, 1000, 2049])
+# The regime each size takes in float32 on a GPU with 227 KB of shared memory per block and 132 SMs
+# (launch_recurrence in csrc/cuda/recurrence_kernel.cuh): H <= ~224 one CTA per batch tile holds
+# W_hh ("single"); larger H the cooperative kernel ("grid"), for H = 2049 one launch per direction.
+# With less shared memory or fewer SMs H = 2049 cannot be co-resident and takes the per-step kernel.
+# test_step_fallback_huge_hidden and test_forced_regimes cover the per-step kernel.
+HIDDEN_SIZE_REGIMES = {1: {"single"}, 7: {"single"}, 33: {"single"}, 257: {"grid"}, 1000: {"grid"},
+                       2049: {"grid", "step"}}
+
+
+@pytest.mark.parametrize("H", list(HIDDEN_SIZE_REGIMES))
 def test_hidden_sizes(H):
-    compare(H=H, num_layers=1 if H > 1000 else 2, bidirectional=True, packed="unsorted" if H % 2 else None)
+    regime = compare(H=H, num_layers=1 if H > 1000 else 2, bidirectional=True,
+                     packed="unsorted" if H % 2 else None)
+    assert regime in HIDDEN_SIZE_REGIMES[H]
 
 
 OPTIONS = {
@@ -168,71 +170,76 @@ def test_sequence_lengths(T, H, dtype):
     compare(dtype=dtype, T=T, H=H, B=4, bidirectional=True)
 
 
-@pytest.mark.parametrize("B,H", [(1, 1000), (64, 1000), (300, 64), (300, 400), (136, 1000)])
+# (B, H): regime. (136, 1000): B·H² above kGemmRecurrenceMinWork, so float32 takes the per-step GEMM
+# path; the others stay below it, (300, 64) in one CTA per batch tile of 8 rows, the rest in the
+# cooperative kernel with several batch groups.
+BATCH_TILE_REGIMES = {(1, 1000): "grid", (64, 1000): "grid", (300, 64): "single", (300, 400): "grid",
+                      (136, 1000): "gemm"}
+
+
+@pytest.mark.parametrize("B,H", list(BATCH_TILE_REGIMES))
 def test_batch_tiles(B, H):
-    """(136, 1000): B·H² above kGemmRecurrenceMinWork, so float32 takes the per-step GEMM path."""
-    compare(B=B, H=H, T=5, bidirectional=True, packed="unsorted" if B in (300, 136) else None)
+    regime = compare(B=B, H=H, T=5, bidirectional=True, packed="unsorted" if B in (300, 136) else None)
+    assert regime == BATCH_TILE_REGIMES[B, H]
 
 
 @pytest.mark.parametrize("B", [1, 9])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("regime", ["grid", "step", "gemm"])
-def test_forced_regimes(regime, dtype, B, monkeypatch):
+def test_forced_regimes(regime, dtype, B, switch):
     """FUSED_RNN_CUDA_REGIME forces the cooperative and the per-step kernels, or the per-step GEMM
-    path (float32/float64 only; bfloat16 stays in the kernel), at small sizes."""
-    monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
-    compare(dtype=dtype, H=40, T=6, B=B, num_layers=2, bidirectional=True, packed="unsorted" if B > 1 else None,
-            nonlinearity="relu" if dtype == torch.float32 else "tanh")
+    path (float32/float64 only; bfloat16 stays in the kernel, in one CTA per batch tile at this H),
+    at small sizes."""
+    switch("FUSED_RNN_CUDA_REGIME", regime)
+    ran = compare(dtype=dtype, H=40, T=6, B=B, num_layers=2, bidirectional=True, packed="unsorted" if B > 1 else None,
+                  nonlinearity="relu" if dtype == torch.float32 else "tanh")
+    assert ran == ("single" if regime == "gemm" and dtype == torch.bfloat16 else regime)
 
 
 def test_step_fallback_huge_hidden():
-    compare(H=8192, T=3, B=2, I=3, bidirectional=True, packed="unsorted")
+    """H = 8192: W_hh fits neither one CTA nor a co-resident grid, so the kernel path runs the per-step
+    kernel (B = 1). From B = 2 B·H² reaches kGemmRecurrenceMinWork and float32 takes the per-step
+    GEMM path instead."""
+    assert compare(H=8192, T=3, B=1, I=3, bidirectional=True) == "step"
+    assert compare(H=8192, T=3, B=2, I=3, bidirectional=True, packed="unsorted") == "gemm"
 
 
 def test_dropout_mask_matches_cpu():
     """The ops with an explicit dropout mask: CUDA equals the CPU kernels in float64."""
-    L, D, T, B, I, H = 3, 2, 6, 4, 5, 40
-    x = torch.randn(T, B, I, dtype=F64)
-    hx = torch.randn(L * D, B, H, dtype=F64)
-    weights = []
-    for layer in range(L):
-        for _ in range(D):
-            in_l = I if layer == 0 else D * H
-            weights += [torch.randn(H, in_l, dtype=F64) * 0.3, torch.randn(H, H, dtype=F64) * 0.3,
-                        torch.randn(H, dtype=F64), torch.randn(H, dtype=F64)]
-    mask = torch.bernoulli(torch.full((L - 1, T, B, D * H), 0.6, dtype=F64)) / 0.6
-    args = (L, True, False, True)
+    a = op_args(T=6, B=4, I=5, H=40, num_layers=3, bidirectional=True, mask_p=0.4)
     results = []
     for dev in ("cpu", DEV):
-        mv = lambda t: t.to(dev)  # noqa: E731
-        ws = [mv(w) for w in weights]
-        out, hy, reserve = torch.ops.fused_rnn.rnn_forward(mv(x), mv(hx), ws, None, mv(mask), *args)
-        g = torch.ops.fused_rnn.rnn_backward(torch.ones_like(out), torch.ones_like(hy), mv(x), mv(hx), ws, None,
-                                             mv(mask), out, reserve, *args)
+        x, hx, mask = (a[k].to(dev) for k in ("input", "hx", "dropout_mask"))
+        ws = [w.to(dev) for w in a["weights"]]
+        config = (a["num_layers"], a["bidirectional"], a["relu"], a["has_biases"])
+        out, hy, reserve = torch.ops.fused_rnn.rnn_forward(x, hx, ws, None, mask, *config)
+        g = torch.ops.fused_rnn.rnn_backward(torch.ones_like(out), torch.ones_like(hy), x, hx, ws, None, mask, out,
+                                             reserve, *config)
         results.append([out, hy, reserve, g[0], g[1], *g[2]])
     for c, g in zip(*results):
         torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("step", 100), ("gemm", 100)])
-def test_deterministic(regime, H, monkeypatch):
-    monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
+def test_deterministic(regime, H, switch):
+    switch("FUSED_RNN_CUDA_REGIME", regime)
     torch.manual_seed(3)
     _, _, fused = modules(torch.float32, 5, H, num_layers=2, bidirectional=True)
     x = make_input(9, 6, 5, packed="unsorted")
     x = cast(x, torch.float32)
     g_out = torch.randn(x.data.shape[0], 2 * H, device=DEV)
     g_hn = torch.randn(4, 6, H, device=DEV)
-    first = run(fused, x, None, g_out, g_hn)
+    first = cuda_run(fused, x, None, g_out, g_hn)
     for _ in range(2):
-        again = run(fused, x, None, g_out, g_hn)
-        for name in first:
-            assert torch.equal(first[name], again[name]), name
+        again = cuda_run(fused, x, None, g_out, g_hn)
+        assert again.keys() == first.keys()
+        for name, value in first.items():
+            assert (value is None and again[name] is None) or torch.equal(value, again[name]), name
 
 
 @pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("gemm", 64)])
-def test_cuda_graph_capture_and_replay(regime, H, monkeypatch):
-    monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
+def test_cuda_graph_capture_and_replay(regime, H, switch):
+    switch("FUSED_RNN_CUDA_REGIME", regime)
     _, _, fused = modules(torch.float32, 5, H, num_layers=2, bidirectional=True)
     static_x = torch.randn(16, 4, 5, device=DEV)
     static_h = torch.randn(4, 4, H, device=DEV)
@@ -266,18 +273,18 @@ def test_autocast_runs_in_float16():
     x = torch.randn(T, B, I, device=DEV).half().float()
     g_out = torch.randn(T, B, 2 * H, dtype=F64, device=DEV).half().to(F64)
     g_hn = torch.randn(4, B, H, dtype=F64, device=DEV).half().to(F64)
-    r = run(ref, x.to(F64), None, g_out, g_hn)
-    b = run(base, x, None, g_out, g_hn, autocast=True)
-    f = run(fused, x, None, g_out, g_hn, autocast=True)
+    r = cuda_run(ref, x.to(F64), None, g_out, g_hn)
+    b = cuda_run(base, x, None, g_out, g_hn, autocast=True)
+    f = cuda_run(fused, x, None, g_out, g_hn, autocast=True)
     assert f["output"].dtype == torch.float16 and f["h_n"].dtype == torch.float16
     # Parameter gradients come back in the parameters' dtype (float32) on both sides.
     assert_within_baseline(f, b, r, torch.float16)
 
 
 @pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33), ("gemm", 33)])
-def test_poisoned_buffers_are_overwritten(regime, H, monkeypatch):
+def test_poisoned_buffers_are_overwritten(regime, H, switch):
     """Every torch.empty (inside the ops too) is NaN-filled: an unwritten element shows up as NaN."""
-    monkeypatch.setenv("FUSED_RNN_CUDA_REGIME", regime)
+    switch("FUSED_RNN_CUDA_REGIME", regime)
     prev = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: cuBLAS without a workspace config
     try:
@@ -291,32 +298,33 @@ def test_poisoned_buffers_are_overwritten(regime, H, monkeypatch):
 
 
 def test_runs_on_the_current_stream():
+    """Everything runs on the caller's current stream: a side stream is held busy by a sleep kernel,
+    then its input is written and the module called on it there; a kernel launched on another stream
+    would start at once and read the input before it is written (zeros)."""
     _, _, fused = modules(torch.float32, 5, 257, bidirectional=True)
     x = torch.randn(12, 3, 5, device=DEV)
+    stream = torch.cuda.Stream()
     with torch.no_grad():
-        expected, _ = fused(x)
-        stream = torch.cuda.Stream()
+        x_side = torch.zeros_like(x)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            out, _ = fused(x)
+            fused(x_side)  # warm-up: the side stream's memory pool, so that the call below allocates nothing new
+            torch.cuda._sleep(200_000_000)  # far longer than the host takes to queue the call below
+            x_side.copy_(x)
+            out, hn = fused(x_side)
+            assert not stream.query()  # still sleeping: the call was queued behind the sleep, not synchronised
         torch.cuda.current_stream().wait_stream(stream)
+        expected, expected_hn = fused(x)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(hn, expected_hn, rtol=0, atol=0)
 
 
 # ---- beyond first-order reverse mode, and the in-place contract, on the GPU ---------------------
 
-def _cuda_twins(**kwargs):
-    torch.manual_seed(0)
-    ref = nn.RNN(3, 5, dtype=F64, device=DEV, **kwargs)
-    fused = fused_rnn.RNN(3, 5, dtype=F64, device=DEV, **kwargs)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
-
-
 def test_double_backward_and_torch_func_on_cuda():
     """create_graph and torch.func take the composite route on the GPU too; float64 against nn.RNN's
     native CUDA path (cuDNN's RNN is neither twice differentiable nor forward-mode differentiable)."""
-    ref, fused = _cuda_twins(num_layers=2, bidirectional=True, nonlinearity="relu")
+    ref, fused = twins(3, 5, device=DEV, num_layers=2, bidirectional=True, nonlinearity="relu")
     x = torch.randn(4, 2, 3, dtype=F64, device=DEV)
     results = []
     for m in (ref, fused):
@@ -334,7 +342,7 @@ def test_double_backward_and_torch_func_on_cuda():
 def test_inplace_change_of_output_raises_like_cudnn():
     """cuDNN saves its output for backward, so nn.RNN on the GPU refuses an in-place change of it
     before backward; the fused CUDA path saves its output too (no copy) and refuses it the same way."""
-    ref, fused = _cuda_twins()
+    ref, fused = twins(3, 5, device=DEV)
     for m in (ref, fused):
         x = torch.randn(4, 2, 3, dtype=F64, device=DEV, requires_grad=True)
         out, _ = m(x)

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import fused_rnn
+from conftest import op_args
 
 
 def _raised(fn):
@@ -458,12 +459,8 @@ def test_meta_model_runs_like_nn_rnn():
 # ---- the functional form and the ops: checks of what nn.RNN's module layer would have caught ----
 
 def _op_args(**over):
-    T, B, I, H = 4, 2, 3, 5
-    args = dict(input=torch.randn(T, B, I), hx=torch.randn(1, B, H),
-                weights=[torch.randn(H, I), torch.randn(H, H), torch.randn(H), torch.randn(H)],
-                batch_sizes=None, dropout_mask=None, num_layers=1, bidirectional=False, relu=False, has_biases=True)
-    args.update(over)
-    return args
+    """A float32 one-layer call, T=4 B=2 I=3 H=5, with some arguments replaced."""
+    return {**op_args(T=4, B=2, I=3, H=5, num_layers=1, bidirectional=False, dtype=torch.float32), **over}
 
 
 OP_CASES = {
@@ -532,16 +529,9 @@ _DEVICE_MESSAGE = "Input and parameter tensors are not at the same device, found
 
 
 def _bidi_op_args(packed=False):
-    T, B, I, H = 4, 2, 3, 5
-    weights = []
-    for layer in range(2):
-        for _ in range(2):
-            weights += [torch.randn(H, I if layer == 0 else 2 * H), torch.randn(H, H), torch.randn(H), torch.randn(H)]
-    batch_sizes = torch.tensor([2, 2, 1, 1]) if packed else None
-    x = torch.randn(6, I) if packed else torch.randn(T, B, I)
-    mask = torch.ones(1, *x.shape[:-1], 2 * H)
-    return dict(input=x, hx=torch.randn(4, B, H), weights=weights, batch_sizes=batch_sizes, dropout_mask=mask,
-                num_layers=2, bidirectional=True, relu=False, has_biases=True)
+    """A float32 two-layer bidirectional call, T=4 B=2 I=3 H=5, with an all-ones dropout mask; packed:
+    lengths 4 and 2."""
+    return op_args(T=4, B=2, I=3, H=5, dtype=torch.float32, mask_p=0.0, packed=(4, 2) if packed else False)
 
 
 def _meta(t):

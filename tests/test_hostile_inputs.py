@@ -20,75 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
-from torch.utils._pytree import keystr, tree_flatten_with_path
 
 import fused_rnn
-from conftest import assert_close_scaled, twins
+from conftest import F32, F64, assert_same_results, assert_within_2x, fwd_bwd, leaf, run, twins, upstream
 
-F64, F32 = torch.float64, torch.float32
 NAN, INF = float("nan"), float("inf")
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
-def leaf(t, requires_grad=True):
-    """A fresh contiguous leaf with t's values."""
-    return t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(requires_grad)
-
-
-def upstream(t, salt):
-    """A fixed random upstream gradient shaped like t (drawn in float64, then cast)."""
-    g = torch.Generator().manual_seed(1000 + salt)
-    return torch.randn(t.shape, generator=g, dtype=F64).to(t.dtype)
-
-
-def fwd_bwd(module, x, hx=None, leaves=None, backward_of=("output", "h_n")):
-    """module(x[, hx]), then backward of <output, g1> + <h_n, g2> (only the terms in backward_of).
-
-    Returns {'output', 'h_n', 'grad:<leaf name>' for leaves, 'grad:<parameter name>'} (packed output: its data)."""
-    module.zero_grad(set_to_none=True)
-    out, hn = module(x) if hx is None else module(x, hx)
-    out_t = out.data if isinstance(out, PackedSequence) else out
-    res = {"output": out_t, "h_n": hn}
-    terms = []
-    if "output" in backward_of:
-        terms.append((out_t * upstream(out_t, 1)).sum())
-    if "h_n" in backward_of:
-        terms.append((hn * upstream(hn, 2)).sum())
-    loss = sum(terms)
-    if loss.requires_grad:
-        loss.backward()
-    for name, t in (leaves or {}).items():
-        res["grad:" + name] = t.grad
-    for name, p in module.named_parameters():
-        res["grad:" + name] = p.grad
-    return res
-
-
 def detached(obj):
     return torch.utils._pytree.tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, obj)
-
-
-def flat(obj):
-    """{path: leaf} of a pytree of tensors / Python values."""
-    leaves, _ = tree_flatten_with_path(obj)
-    return {keystr(path): value for path, value in leaves}
-
-
-def assert_same_results(got, expected, dtype):
-    """Same structure; tensors with the same shape and dtype, close within TOL[dtype] (atol scaled),
-    NaN where nn.RNN has NaN; other values equal."""
-    got, expected = flat(got), flat(expected)
-    assert got.keys() == expected.keys()
-    for key, e in expected.items():
-        g = got[key]
-        if not isinstance(e, torch.Tensor):
-            assert g == e, f"{key}: fused_rnn {g!r}, nn.RNN {e!r}"
-            continue
-        assert isinstance(g, torch.Tensor), f"{key}: fused_rnn gave {g!r}, nn.RNN a tensor"
-        assert g.shape == e.shape and g.dtype == e.dtype, f"{key}: {g.shape} {g.dtype} vs {e.shape} {e.dtype}"
-        assert_close_scaled(g.detach(), e.detach(), dtype, equal_nan=True, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def outcome(fn, *args):
@@ -99,8 +42,15 @@ def outcome(fn, *args):
         return "raise", e
 
 
-def assert_same_outcome(got, expected, dtype, same_message=False):
-    """got / expected: outcome() pairs, fused_rnn's and nn.RNN's."""
+def assert_same_outcome(got, expected, dtype, nn_raises=None, same_message=False):
+    """got / expected: outcome() pairs, fused_rnn's and nn.RNN's. First the premise: nn.RNN raised
+    nn_raises (None: it returned); then fused_rnn raised the same exception type (and message, if
+    same_message) or returned the same results."""
+    if nn_raises is None:
+        assert expected[0] == "ok", f"premise: nn.RNN returns, but it raised {expected[1]!r}"
+    else:
+        assert expected[0] == "raise" and type(expected[1]) is nn_raises, f"premise: nn.RNN raises " \
+            f"{nn_raises.__name__}, got {expected}"
     if expected[0] == "raise":
         e = expected[1]
         assert got[0] == "raise", f"nn.RNN raised {type(e).__name__}: {e}; fused_rnn returned"
@@ -111,18 +61,13 @@ def assert_same_outcome(got, expected, dtype, same_message=False):
         return
     if got[0] == "raise":
         raise AssertionError(f"fused_rnn raised {type(got[1]).__name__}: {got[1]}; nn.RNN returned") from got[1]
-    assert_same_results(got[1], expected[1], dtype)
+    assert_same_results(expected[1], got[1], dtype, equal_nan=True)
 
 
 def check(fn, ref, fused, dtype, nn_raises=None, same_message=False):
     """fn(module) on both twins. nn_raises: the exception type nn.RNN is known to raise (None: it returns)."""
     expected = outcome(fn, ref)
-    if nn_raises is None:
-        assert expected[0] == "ok", f"premise: nn.RNN returns, but it raised {expected[1]!r}"
-    else:
-        assert expected[0] == "raise" and type(expected[1]) is nn_raises, f"premise: nn.RNN raises " \
-            f"{nn_raises.__name__}, got {expected}"
-    assert_same_outcome(outcome(fn, fused), expected, dtype, same_message)
+    assert_same_outcome(outcome(fn, fused), expected, dtype, nn_raises, same_message)
 
 
 def poke(modules, name, index, value):
@@ -171,11 +116,7 @@ def test_nan_inf(case, nonlinearity, dtype):
     else:
         poke((ref, fused), what, index, value)
 
-    def fn(m):
-        lx, lh = leaf(x), leaf(hx)
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
-
-    check(fn, ref, fused, dtype)
+    check(lambda m: run(m, x, hx), ref, fused, dtype)
 
 
 TINY_POISON = {
@@ -201,11 +142,10 @@ def test_nan_inf_one_unit(case, nonlinearity, dtype):
     x = torch.tensor(TINY_POISON[case], dtype=dtype).view(3, 1, 1)
 
     def fn(m):
-        lx = leaf(x)
-        return fwd_bwd(m, lx, leaves={"x": lx})
+        return run(m, x)
 
-    if case == "nan_middle" and nonlinearity == "relu":  # the premise the brief states, checked here
-        gx = fn(ref)["grad:x"]
+    if case == "nan_middle" and nonlinearity == "relu":  # the premise of TINY_POISON's comment
+        gx = fn(ref)["grad:input"]
         assert gx.isfinite().all() and (gx != 0).all()
     check(fn, ref, fused, dtype)
 
@@ -308,11 +248,7 @@ def test_noncontiguous_weights_set_(case, dtype):
     assert any(not p.is_contiguous() or p.storage_offset() for p in fused.parameters())
     x, hx = torch.randn(T, B, I, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)
 
-    def fn(m):
-        lx, lh = leaf(x), leaf(hx)
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
-
-    check(fn, ref, fused, dtype)
+    check(lambda m: run(m, x, hx), ref, fused, dtype)
 
 
 @pytest.mark.parametrize("assign", [False, True], ids=["copy", "assign"])
@@ -325,11 +261,7 @@ def test_load_state_dict_of_transposed_tensors(assign):
         assert not fused.weight_hh_l1.is_contiguous()
     x, hx = torch.randn(T, B, I, dtype=F64), torch.randn(L * D, B, H, dtype=F64)
 
-    def fn(m):
-        lx, lh = leaf(x), leaf(hx)
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
-
-    check(fn, ref, fused, F64)
+    check(lambda m: run(m, x, hx), ref, fused, F64)
 
 
 # ---- parametrized weights (torch.nn.utils.parametrize, and the older hook-based weight/spectral norm) -----
@@ -365,11 +297,7 @@ def test_parametrized_weights(case, training):
         m.train(training)
     x, hx = torch.randn(T, B, I, dtype=F64), torch.randn(L * D, B, H, dtype=F64)
 
-    def fn(m):
-        lx, lh = leaf(x), leaf(hx)
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
-
-    check(fn, ref, fused, F64)
+    check(lambda m: run(m, x, hx), ref, fused, F64)
 
 
 # ---- dtypes ---------------------------------------------------------------------------------------
@@ -386,8 +314,7 @@ def test_low_precision_modules(dtype, nonlinearity):
 
     def fn(m):
         cast = next(m.parameters()).dtype
-        lx, lh = leaf(x.to(cast)), leaf(hx.to(cast))
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
+        return run(m, x.to(cast), hx.to(cast))
 
     want = fn(exact)
     got_ref, got_fused = fn(ref), outcome(fn, fused)
@@ -398,10 +325,7 @@ def test_low_precision_modules(dtype, nonlinearity):
     for key, w in want.items():
         r, f = got_ref[key], got_fused[key]
         assert f.dtype == dtype and f.shape == w.shape, key
-        err_ref = (r.double() - w).abs().max().item()
-        err_fused = (f.double() - w).abs().max().item()
-        bound = 2 * err_ref + eps * max(1.0, w.abs().max().item())
-        assert err_fused <= bound, f"{key}: fused_rnn error {err_fused:.3g}, nn.RNN error {err_ref:.3g}"
+        assert_within_2x(f, r, w, eps * max(1.0, w.abs().max().item()), key)
 
 
 # Input dtypes nn.RNN rejects with its own Python ValueError (message compared); test_errors.py has
@@ -471,8 +395,7 @@ def _mode_inference(m, x, hx):
 def _mode_enable_grad_in_no_grad(m, x, hx):
     with torch.no_grad():
         with torch.enable_grad():
-            lx, lh = leaf(x), leaf(hx)
-            return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
+            return run(m, x, hx)
 
 
 def _mode_set_grad_enabled_false(m, x, hx):
@@ -525,27 +448,27 @@ def _mode_retain_graph_twice(m, x, hx):
 
 
 def _mode_backward_h_n_only(m, x, hx):
-    lx, lh = leaf(x), leaf(hx)
-    return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh}, backward_of=("h_n",))
+    return run(m, x, hx, backward_of=("h_n",))
 
 
 def _mode_backward_output_only(m, x, hx):
-    lx, lh = leaf(x), leaf(hx)
-    return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh}, backward_of=("output",))
+    return run(m, x, hx, backward_of=("output",))
 
 
 def _mode_backward_last_step_only(m, x, hx):
-    lx, lh = leaf(x), leaf(hx)
-    out, _ = m(lx, lh)
-    (out[-1] * upstream(out[-1], 3)).sum().backward()
-    return {"x": lx.grad, "hx": lh.grad, **{n: p.grad for n, p in m.named_parameters()}}
+    def last_step(out, hn):
+        g_out = torch.zeros_like(out)
+        g_out[-1] = upstream(out[-1], 3)
+        return g_out, None
+    return run(m, x, hx, upstream_grads=last_step, backward_of=("output",))
 
 
 def _mode_backward_one_direction_of_h_n(m, x, hx):
-    lx, lh = leaf(x), leaf(hx)
-    _, hn = m(lx, lh)
-    hn[1].sum().backward()  # layer 0, reverse direction
-    return {"x": lx.grad, "hx": lh.grad, **{n: p.grad for n, p in m.named_parameters()}}
+    def layer_0_reverse(out, hn):
+        g_hn = torch.zeros_like(hn)
+        g_hn[1] = 1
+        return None, g_hn
+    return run(m, x, hx, upstream_grads=layer_0_reverse, backward_of=("h_n",))
 
 
 def _mode_autograd_grad_subset(m, x, hx):
@@ -690,14 +613,7 @@ def test_shapes(case, dtype):
     x = torch.randn(x_shape, dtype=dtype)
     hx = None if hx_shape is None else torch.randn(hx_shape, dtype=dtype)
 
-    def fn(m):
-        lx = leaf(x)
-        if hx is None:
-            return fwd_bwd(m, lx, leaves={"x": lx})
-        lh = leaf(hx)
-        return fwd_bwd(m, lx, lh, {"x": lx, "hx": lh})
-
-    check(fn, ref, fused, dtype)
+    check(lambda m: run(m, x, hx), ref, fused, dtype)
 
 
 PACKED = {
@@ -920,13 +836,7 @@ def test_crash_prone_in_subprocess(case, child_results):
     res = child_results[case]
     if isinstance(res, tuple):  # ("crashed", returncode, stderr)
         pytest.fail(f"the process died running this case (return code {res[1]}):\n{res[2]}")
-    expected, got = _rebuild(res["ref"]), _rebuild(res["fused"])
-    if nn_raises is None:
-        assert expected[0] == "ok", f"premise: nn.RNN returns, but it raised {expected[1]!r}"
-    else:
-        assert expected[0] == "raise" and type(expected[1]) is nn_raises, f"premise: nn.RNN raises " \
-            f"{nn_raises.__name__}, got {expected}"
-    assert_same_outcome(got, expected, dtype)
+    assert_same_outcome(_rebuild(res["fused"]), _rebuild(res["ref"]), dtype, nn_raises)
 
 
 # A PackedSequence whose batch_sizes tensor is strided. nn.RNN reads the raw storage ([2, 9, 2]) and raises
@@ -959,7 +869,8 @@ _STRIDED_CHILD = """
 import json, sys
 sys.path.insert(0, {tests!r})
 import test_hostile_inputs as T
-res = {{v: {{k: t.tolist() for k, t in T.strided_batch_sizes_run(v, contiguous=False).items()}}
+res = {{v: {{k: None if t is None else t.tolist()
+           for k, t in T.strided_batch_sizes_run(v, contiguous=False).items()}}
        for v in T.STRIDED_BATCH_SIZES}}
 print("RESULT", json.dumps(res))
 """
@@ -975,10 +886,8 @@ def test_strided_batch_sizes_in_subprocess():
     for variant in STRIDED_BATCH_SIZES:
         want = strided_batch_sizes_run(variant, contiguous=True)
         assert got[variant].keys() == want.keys()
-        for key, w in want.items():
-            g = torch.tensor(got[variant][key], dtype=F64)
-            assert g.shape == w.shape, (variant, key)
-            assert_close_scaled(g, w.detach(), F64, msg=lambda m, k=key, v=variant: f"{v} {k}: {m}")
+        got_tensors = {k: None if w is None else torch.tensor(got[variant][k], dtype=w.dtype) for k, w in want.items()}
+        assert_same_results(want, got_tensors, F64)
 
 
 # ---- gradcheck / gradgradcheck of fused_rnn.RNN -------------------------------------------------
@@ -998,8 +907,8 @@ def _gradcheck_inputs(nonlinearity):
 
 
 # One full first-order gradcheck (every Jacobian entry); the other checks in fast mode (a random
-# projection: gradient checks compare v^T J u), which keeps each under a second on 2 cores (the full
-# gradgradcheck takes ~5 s). A zero or wrong tangent, batched gradient or second derivative still fails.
+# projection: gradient checks compare v^T J u), a fraction of the full checks' time, the full
+# gradgradcheck's above all. A zero or wrong tangent, batched gradient or second derivative still fails.
 GRADCHECKS = {
     "gradcheck": lambda f, a: torch.autograd.gradcheck(f, a),  # check_undefined_grad=True by default
     "gradcheck_batched_grad": lambda f, a: torch.autograd.gradcheck(f, a, fast_mode=True, check_batched_grad=True),

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fused_rnn
+from conftest import assert_within_2x, max_error, twin
 
 
 class SeqModel(nn.Module):
@@ -36,11 +37,9 @@ class SeqModel(nn.Module):
 
 
 def _twins(**kw):
-    """(fused, nn) SeqModels with identical parameters."""
+    """(fused, nn) SeqModels with identical parameters, those a SeqModel gets from seed 0."""
     torch.manual_seed(0)
-    fused = SeqModel(fused_rnn.RNN, **kw)
-    ref = SeqModel(nn.RNN, **kw)
-    ref.load_state_dict(fused.state_dict())
+    ref, fused = twin(lambda cls: SeqModel(cls, **kw))
     return fused, ref
 
 
@@ -72,7 +71,7 @@ def _train(model, rank=0, world=1):
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)  # 2 processes on 2 cores
+    torch.set_num_threads(1)  # the two processes share the cores
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
     try:
@@ -133,10 +132,6 @@ def test_ddp_gloo_two_processes_match_single_process(tmp_path):
 
 # ---- mixed precision on the CPU ----------------------------------------------------------------------
 
-def _err(a, b):
-    return (a.double() - b.double()).abs().max().item()
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_autocast_matches_nn_rnn(dtype):
     """Like nn.RNN, the RNN runs in the autocast dtype (outputs and h_n in that dtype); the error against
@@ -155,9 +150,9 @@ def test_cpu_autocast_matches_nn_rnn(dtype):
         results.append((out, h, {n: p.grad for n, p in m.named_parameters()}))
     (out_r, h_r, g_r), (out_f, h_f, g_f) = results
     assert out_r.dtype == out_f.dtype == dtype and h_r.dtype == h_f.dtype == dtype
-    assert _err(out_f, out32) <= 2 * _err(out_r, out32) + 1e-3
-    assert _err(h_f, h32) <= 2 * _err(h_r, h32) + 1e-3
-    assert _err(out_f, out_r) < 3e-2
+    assert_within_2x(out_f, out_r, out32, 1e-3, "output")
+    assert_within_2x(h_f, h_r, h32, 1e-3, "h_n")
+    assert max_error(out_f, out_r) < 3e-2
     for name, g in g_f.items():
         assert g.dtype == torch.float32 and torch.isfinite(g).all()
         torch.testing.assert_close(g, g_r[name], rtol=5e-2, atol=5e-2 * g_r[name].abs().max().item())
@@ -197,13 +192,13 @@ def test_half_and_bfloat16_modules_on_cpu(dtype):
     xs = [x32.detach().to(dtype).requires_grad_() for _ in range(2)]
     (out_r, h_r), (out_f, h_f) = ref(xs[0]), fused(xs[1])
     assert out_f.dtype == out_r.dtype == dtype and h_f.dtype == h_r.dtype == dtype
-    assert _err(out_f, out32) <= 2 * _err(out_r, out32) + 1e-3
+    assert_within_2x(out_f, out_r, out32, 1e-3, "output")
     out_r.float().sum().backward()
     out_f.float().sum().backward()
     assert xs[1].grad.dtype == dtype and fused.weight_ih_l0.grad.dtype == dtype
-    assert _err(xs[1].grad, x32.grad) <= 2 * _err(xs[0].grad, x32.grad) + 1e-3
-    assert _err(fused.weight_hh_l0.grad, ref32.weight_hh_l0.grad) <= \
-        2 * _err(ref.weight_hh_l0.grad, ref32.weight_hh_l0.grad) + 1e-3
+    assert_within_2x(xs[1].grad, xs[0].grad, x32.grad, 1e-3, "grad of input")
+    assert_within_2x(fused.weight_hh_l0.grad, ref.weight_hh_l0.grad, ref32.weight_hh_l0.grad, 1e-3,
+                     "grad of weight_hh_l0")
 
 
 # ---- serialization ----------------------------------------------------------------------------------

@@ -9,43 +9,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
 import fused_rnn
-from conftest import TOL
+from conftest import OP_CONFIG, TOL, op_args, op_fn, op_inputs
 from fused_rnn.functional import RNNFunction
 from fused_rnn.reference import rnn_reference
 
 F64 = TOL[torch.float64]
-OP_ARG_NAMES = ("num_layers", "bidirectional", "relu", "has_biases")
-
-
-def make_args(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, relu=False, has_biases=True, packed=False,
-              mask_p=None, dtype=torch.float64, requires_grad=False):
-    """Arguments of rnn_forward as a dict: random input, hx and weights (and mask, batch_sizes)."""
-    D = 2 if bidirectional else 1
-    batch_sizes = None
-    if packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
-        lengths[0] = T
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)], dtype=torch.long)
-        x = torch.randn(int(batch_sizes.sum()), I, dtype=dtype)
-    else:
-        x = torch.randn(T, B, I, dtype=dtype)
-    weights = []
-    for layer in range(num_layers):
-        for _ in range(D):
-            in_l = I if layer == 0 else D * H
-            ws = [torch.randn(H, in_l), torch.randn(H, H)] + ([torch.randn(H), torch.randn(H)] if has_biases else [])
-            weights += [(w * 0.4).to(dtype) for w in ws]
-    mask = None
-    if mask_p is not None:
-        mask = torch.bernoulli(torch.full((num_layers - 1, *x.shape[:-1], D * H), 1 - mask_p, dtype=dtype))
-        mask = mask / (1 - mask_p)
-    hx = torch.randn(num_layers * D, B, H, dtype=dtype)
-    args = dict(input=x, hx=hx, weights=weights, batch_sizes=batch_sizes, dropout_mask=mask, num_layers=num_layers,
-                bidirectional=bidirectional, relu=relu, has_biases=has_biases)
-    if requires_grad:
-        for t in [x, hx, *weights]:
-            t.requires_grad_()
-    return args
 
 
 CASES = {
@@ -57,20 +25,16 @@ CASES = {
     "packed_bidir_3layer": dict(packed=True, num_layers=3, B=5, T=7),
     "mask": dict(mask_p=0.4),
     "mask_packed_relu_nobias": dict(mask_p=0.5, packed=True, relu=True, has_biases=False, B=4),
-    "mask_all_zero": dict(mask_p=1.0 - 1e-9, num_layers=3, bidirectional=False),
+    "mask_all_zero": dict(mask_p=1.0, num_layers=3, bidirectional=False),
     "T1_B1_H1": dict(T=1, B=1, H=1),
 }
 
 
-def _ref_args(args):
-    return [args[k] for k in ("input", "hx", "weights", "batch_sizes", "dropout_mask", *OP_ARG_NAMES)]
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_reference(case, poison):
-    args = make_args(**CASES[case])
+    args = op_args(**CASES[case])
     out, hy, reserve = torch.ops.fused_rnn.rnn_forward(**args)
-    ref_out, ref_hy = rnn_reference(*_ref_args(args))
+    ref_out, ref_hy = rnn_reference(**args)
     torch.testing.assert_close(out, ref_out, **F64)
     torch.testing.assert_close(hy, ref_hy, **F64)
     # reserve[l] = output of layer l (before dropout): the reference stack cut after layer l.
@@ -81,15 +45,15 @@ def test_forward_matches_reference(case, poison):
         cut = dict(args, num_layers=layer + 1, weights=args["weights"][:(layer + 1) * per],
                    hx=args["hx"][:(layer + 1) * D],
                    dropout_mask=None if args["dropout_mask"] is None else args["dropout_mask"][:layer])
-        torch.testing.assert_close(reserve[layer], rnn_reference(*_ref_args(cut))[0], **F64)
+        torch.testing.assert_close(reserve[layer], rnn_reference(**cut)[0], **F64)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_backward_matches_reference(case, poison):
-    args = make_args(**CASES[case], requires_grad=True)
-    leaves = [args["input"], args["hx"], *args["weights"]]
+    args = op_args(**CASES[case], requires_grad=True)
+    leaves = op_inputs(args)
     out, hy, _ = torch.ops.fused_rnn.rnn_forward(**args)
-    ref_out, ref_hy = rnn_reference(*_ref_args(args))
+    ref_out, ref_hy = rnn_reference(**args)
     g_out, g_hy = torch.randn_like(ref_out), torch.randn_like(ref_hy)
     got = torch.autograd.grad((out * g_out).sum() + (hy * g_hy).sum(), leaves)
     want = torch.autograd.grad((ref_out * g_out).sum() + (ref_hy * g_hy).sum(), leaves)
@@ -100,38 +64,34 @@ def test_backward_matches_reference(case, poison):
         out2, _, reserve = torch.ops.fused_rnn.rnn_forward(**args)
         gi, ghx, gw = torch.ops.fused_rnn.rnn_backward(g_out, g_hy, args["input"], args["hx"], args["weights"],
                                                        args["batch_sizes"], args["dropout_mask"], out2, reserve,
-                                                       *(args[k] for k in OP_ARG_NAMES))
+                                                       *(args[k] for k in OP_CONFIG))
     for i, (a, b) in enumerate(zip([gi, ghx, *gw], want)):
         torch.testing.assert_close(a, b, **F64, msg=lambda m, i=i: f"rnn_backward gradient {i}: {m}")
     fo, fh, _ = RNNFunction.apply(args["input"], args["hx"], args["batch_sizes"], args["dropout_mask"],
-                                  *(args[k] for k in OP_ARG_NAMES), *args["weights"])
+                                  *(args[k] for k in OP_CONFIG), *args["weights"])
     got = torch.autograd.grad((fo * g_out).sum() + (fh * g_hy).sum(), leaves)
     for i, (a, b) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, b, **F64, msg=lambda m, i=i: f"RNNFunction gradient {i}: {m}")
 
 
 def test_backward_with_only_one_output_used():
-    """An unused output (no gradient materialised) counts as zeros."""
-    args = make_args(num_layers=2, bidirectional=True, requires_grad=True)
-    leaves = [args["input"], args["hx"], *args["weights"]]
+    """An unused output (no gradient materialised) counts as zeros, through the op and RNNFunction."""
+    args = op_args(num_layers=2, bidirectional=True, requires_grad=True)
+    leaves = op_inputs(args)
+    function_args = (args["input"], args["hx"], None, None, *(args[k] for k in OP_CONFIG), *args["weights"])
     for pick in (0, 1):
-        got = torch.autograd.grad(torch.ops.fused_rnn.rnn_forward(**args)[pick].sum(), leaves)
-        want = torch.autograd.grad(rnn_reference(*_ref_args(args))[pick].sum(), leaves)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, **F64)
+        want = torch.autograd.grad(rnn_reference(**args)[pick].sum(), leaves)
+        for outputs in (torch.ops.fused_rnn.rnn_forward(**args), RNNFunction.apply(*function_args)):
+            got = torch.autograd.grad(outputs[pick].sum(), leaves)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, **F64)
 
 
 @pytest.mark.parametrize("case", ["1layer", "bidir_2layer", "packed_bidir_3layer", "mask_packed_relu_nobias"])
 def test_gradcheck_op(case):
     kw = dict(CASES[case], T=4, B=3, I=3, H=3)
-    args = make_args(**kw, requires_grad=True)
-
-    def f(x, hx, *weights):
-        out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, hx, list(weights), args["batch_sizes"], args["dropout_mask"],
-                                                     *(args[k] for k in OP_ARG_NAMES))
-        return out, hy
-
-    assert torch.autograd.gradcheck(f, (args["input"], args["hx"], *args["weights"]))
+    args = op_args(**kw, requires_grad=True)
+    assert torch.autograd.gradcheck(op_fn(args), op_inputs(args))
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -160,23 +120,23 @@ OPCHECK_CASES = ["1layer_relu_nobias", "bidir_2layer", "packed_bidir_3layer", "m
 
 @pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_forward(case):
-    args = make_args(**dict(CASES[case], T=4, B=3, I=3, H=4), requires_grad=True)
+    args = op_args(**dict(CASES[case], T=4, B=3, I=3, H=4), requires_grad=True)
     torch.library.opcheck(torch.ops.fused_rnn.rnn_forward, tuple(args.values()))
 
 
 @pytest.mark.parametrize("case", ["bidir_2layer", "mask_packed_relu_nobias"])
 def test_opcheck_backward(case):
-    args = make_args(**dict(CASES[case], T=4, B=3, I=3, H=4))
+    args = op_args(**dict(CASES[case], T=4, B=3, I=3, H=4))
     out, hy, reserve = torch.ops.fused_rnn.rnn_forward(**args)
     bargs = (torch.randn_like(out), torch.randn_like(hy), args["input"], args["hx"], args["weights"],
-             args["batch_sizes"], args["dropout_mask"], out, reserve, *(args[k] for k in OP_ARG_NAMES))
+             args["batch_sizes"], args["dropout_mask"], out, reserve, *(args[k] for k in OP_CONFIG))
     torch.library.opcheck(torch.ops.fused_rnn.rnn_backward, bargs)
 
 
 def test_fake_kernels_match_real_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     for case in CASES:
-        args = make_args(**CASES[case])
+        args = op_args(**CASES[case])
         real = torch.ops.fused_rnn.rnn_forward(**args)
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             fake_args = {k: (mode.from_tensor(v) if isinstance(v, torch.Tensor) and k != "batch_sizes" else v)
@@ -192,7 +152,7 @@ def test_fake_kernels_match_real_shapes():
 def test_functional_dropout_mask_matches_reference():
     """fused_rnn.rnn in training draws an inverted-dropout mask; with the same RNG state the
     reference given that very mask reproduces output and h_n."""
-    args = make_args(num_layers=3, bidirectional=True, T=6, B=4, H=5)
+    args = op_args(num_layers=3, bidirectional=True, T=6, B=4, H=5)
     ws = args["weights"]
     torch.manual_seed(7)
     out, hy = fused_rnn.rnn(args["input"], args["hx"], ws, num_layers=3, bidirectional=True, dropout=0.3,
@@ -280,7 +240,7 @@ def test_dropout_single_layer_warns_and_is_ignored():
 
 def test_eager_entry_point_is_the_op():
     """Same results, bit for bit, as torch.ops, and the same autograd node (C++ autograd kernel)."""
-    args = make_args(requires_grad=True, mask_p=0.3)
+    args = op_args(requires_grad=True, mask_p=0.3)
     values = list(args.values())
     fast = fused_rnn._C.rnn_forward(*values)
     slow = torch.ops.fused_rnn.rnn_forward(*values)
@@ -300,7 +260,7 @@ def test_eager_entry_point_is_the_op():
 def test_hx_none_is_zeros(entry):
     """hx=None means nn.RNN's zeros, whichever path creates them (C++ in the eager entry, Python for
     packed input)."""
-    args = make_args(packed=entry == "functional_packed")
+    args = op_args(packed=entry == "functional_packed")
     values = list(args.values())
     want = torch.ops.fused_rnn.rnn_forward(values[0], torch.zeros_like(args["hx"]), *values[2:])
     if entry == "eager_entry":
@@ -313,14 +273,14 @@ def test_hx_none_is_zeros(entry):
 
 
 def test_eager_entry_point_rejects_bad_arguments():
-    args = make_args()
+    args = op_args()
     values = list(args.values())
     with pytest.raises(TypeError, match="takes 9 positional arguments"):
         fused_rnn._C.rnn_forward(*values[:8])
     with pytest.raises(TypeError, match="hx must be a Tensor"):
         fused_rnn._C.rnn_forward(values[0], 0.5, *values[2:])
     with pytest.raises(RuntimeError, match="hx=None needs unpacked input"):
-        packed = make_args(packed=True)
+        packed = op_args(packed=True)
         fused_rnn._C.rnn_forward(packed["input"], None, *list(packed.values())[2:])
     with pytest.raises(TypeError, match="weights must be a list"):
         fused_rnn._C.rnn_forward(*values[:2], values[2][0], *values[3:])

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 import fused_rnn
-from conftest import TOL, assert_close_scaled, assert_same_run, run, twins
+from conftest import TOL, assert_close_scaled, assert_same_results, run, twins
 
 DT = torch.float64
 I, H, L, T, B = 3, 4, 2, 5, 2
@@ -103,8 +103,8 @@ def test_parametrization_matches_nn_rnn(kind, name, mode):
             results = expected, run(fused, x, h)
         else:
             results = run(ref, x, h), run(fused, x, h)
-        assert_same_run(*results, DT)
-        assert any(k.startswith("parametrizations.") for k in results[1][2])
+        assert_same_results(*results, DT)
+        assert any(k.startswith("grad:parametrizations.") for k in results[1])
     for (n, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):  # spectral norm's _u, _v
         torch.testing.assert_close(b, a, **TOL[DT], msg=n)
 
@@ -121,9 +121,9 @@ def test_several_and_stacked_parametrizations():
     ref, fused = _pair(apply)
     assert not fused._parameters
     x, hx = _data()
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
     with parametrize.cached():
-        assert_same_run(run(ref, x), run(fused, x), DT)
+        assert_same_results(run(ref, x), run(fused, x), DT)
 
 
 def test_all_weights_of_a_parametrized_module():
@@ -139,7 +139,7 @@ def test_deepcopy_of_a_parametrized_module():
     ref, fused = _pair(lambda m: parametrizations.orthogonal(m, "weight_hh_l0"))
     clone = copy.deepcopy(fused)
     x, hx = _data()
-    assert_same_run(run(ref, x, hx), run(clone, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(clone, x, hx), DT)
 
 
 # ---- hook-based torch.nn.utils.weight_norm / spectral_norm ------------------------------------------
@@ -157,9 +157,9 @@ def test_rnn_weight_norm(name):
     assert sum(isinstance(p, nn.Parameter) for p in fused._flat_weights) == len(NAMES) - 1
     assert not isinstance(getattr(fused, name), nn.Parameter)
     during = run(fused, x, hx)
-    assert_same_run(run(ref, x, hx), during, DT)
-    assert {name + "_g", name + "_v"} <= during[2].keys()
-    assert_close_scaled(during[0], before[0], DT)  # the reparametrization does not change the function
+    assert_same_results(run(ref, x, hx), during, DT)
+    assert {f"grad:{name}_g", f"grad:{name}_v"} <= during.keys()
+    assert_close_scaled(during["output"], before["output"], DT)  # the reparametrization does not change the function
 
     for m in (ref, fused):
         nn.utils.remove_weight_norm(m, name=name)
@@ -168,7 +168,7 @@ def test_rnn_weight_norm(name):
     assert name + "_v" not in fused._parameters and name + "_g" not in fused._parameters
     params = dict(fused.named_parameters())
     assert name in params and name + "_v" not in params and name + "_g" not in params
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
 
 
 @pytest.mark.parametrize("api", ["hooks", "parametrizations"])
@@ -200,15 +200,15 @@ def test_rnn_spectral_norm_hooks(name):
     ref, fused = _pair(lambda m: nn.utils.spectral_norm(m, name=name))
     x, hx = _data()
     for _ in range(2):
-        assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+        assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
     for (n, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
         torch.testing.assert_close(b, a, **TOL[DT], msg=n)
     ref.eval(), fused.eval()
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
     for m in (ref, fused):
         nn.utils.remove_spectral_norm(m, name=name)
     assert isinstance(fused._parameters[name], nn.Parameter)
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
 
 
 # ---- weights deleted, re-assigned as plain tensors or views --------------------------------------
@@ -260,7 +260,7 @@ def test_weight_reassigned_as_plain_tensor_or_view(name):
         setattr(m, name, REASSIGNMENTS[name](b))
         assert name not in m._parameters
     x, hx = _data()
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
     if bases[0].grad is not None:
         torch.testing.assert_close(bases[1].grad, bases[0].grad, **TOL[DT])
     else:
@@ -285,7 +285,7 @@ def _check_shared_twin(src, dst, x, hx):
     assert all(a is b for a, b in zip(dst.parameters(), src.parameters()))
     expected = run(src, x, hx)
     got = run(dst, x, hx)  # its grads land in the shared leaves
-    assert_same_run(expected, got, DT)
+    assert_same_results(expected, got, DT)
 
 
 def test_from_torch_to_torch_convert_share_parametrizations():
@@ -344,10 +344,10 @@ def test_from_torch_plain_tensor_and_deleted_weights():
     fused = fused_rnn.RNN.from_torch(ref)
     assert fused.weight_hh_l0 is plain and "weight_hh_l0" not in fused._parameters
     x, hx = _data()
-    assert_same_run(run(ref, x, hx), run(fused, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(fused, x, hx), DT)
     back = fused.to_torch()
     assert back.weight_hh_l0 is plain
-    assert_same_run(run(ref, x, hx), run(back, x, hx), DT)
+    assert_same_results(run(ref, x, hx), run(back, x, hx), DT)
     del fused.bias_hh_l1
     assert not hasattr(fused.to_torch(), "bias_hh_l1")
 

@@ -13,7 +13,8 @@ template <typename T>
 inline constexpr int kPanelWidth = 64 / sizeof(T);
 
 // Rows of the micro-kernel's register tile: 6 rows x 2 vectors = 12 accumulators, enough to hide
-// the FMA latency (4 rows measured 15-20 % slower once the broadcasts were single loads).
+// the FMA latency (4 rows were measurably slower once the broadcasts were single loads:
+// benchmarks/cpu_notes.md).
 inline constexpr int kTileRows = 6;
 
 // Panels of the [K, N] matrix whose element (k, n) is w[k * stride_k + n * stride_n].

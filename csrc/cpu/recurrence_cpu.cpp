@@ -13,14 +13,13 @@
 #include <c10/util/irange.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "cpu/blas.h"
 #include "cpu/panel_layout.h"
+#include "cpu/recurrence_cpu.h"
 #include "cpu/recurrence_task.h"
-#include "recurrence.h"
+#include "switches.h"
 
 namespace fused_rnn {
 namespace {
@@ -30,69 +29,68 @@ using cpu::Task;
 
 // Only the baseline build (a CPU without AVX2+FMA) sends a step GEMM of at least this many
 // multiply-adds per task to BLAS: its SSE micro-kernel is far slower than the library there. The
-// AVX2 micro-kernel (36 GMAC/s a core on the CI machine's Zen 3) beat MKL at every size measured,
-// B = 4..128, H = 64..2048, 1 and 2 threads (2026-11-27, interleaved A/B: e.g. B=32 H=128 fwd 16.6
-// vs 26.7 µs/step, B=64 H=512 427 vs 492, B=4 H=2048 977 vs 2525), so that build never calls BLAS.
-constexpr int64_t kBaselineBlasMinFlops = 8 * 128 * 128;
+// AVX2 micro-kernel beat MKL at every size measured (benchmarks/cpu_notes.md), so that build
+// never calls BLAS.
+constexpr int64_t kBaselineBlasMinMacs = 8 * 128 * 128;
 // Below this many multiply-adds for the whole call, waking a second thread costs more than it saves.
-constexpr int64_t kParallelMinFlops = int64_t(1) << 18;
+constexpr int64_t kParallelMinMacs = int64_t(1) << 18;
 
 // The AVX2+FMA build of the task loops where the CPU has both, else the baseline x86-64 one.
-// FUSED_RNN_CPU_ISA=baseline forces the baseline build (so the tests check it on an AVX2 machine).
+// The FUSED_RNN_CPU_ISA switch can force the baseline build (so the tests check it on an AVX2 machine).
 bool use_avx2() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool cpu_has = cpu::avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (!cpu_has) return false;
-  const char* s = std::getenv("FUSED_RNN_CPU_ISA");
-  return s == nullptr || std::strcmp(s, "baseline") != 0;
+  return cpu_has && switches::cpu_isa() != switches::CpuIsa::Baseline;
 #else
   return false;
 #endif
 }
 
-template <typename T>
-void run_task(const Task<T>& k, bool avx2, bool backward) {
-  if (avx2) return backward ? cpu::avx2::backward_task<T>(k) : cpu::avx2::forward_task<T>(k);
-  backward ? cpu::baseline::backward_task<T>(k) : cpu::baseline::forward_task<T>(k);
+template <typename scalar_t>
+void run_task(const Task<scalar_t>& task, bool avx2, bool backward) {
+  if (avx2) return backward ? cpu::avx2::backward_task<scalar_t>(task) : cpu::avx2::forward_task<scalar_t>(task);
+  backward ? cpu::baseline::backward_task<scalar_t>(task) : cpu::baseline::forward_task<scalar_t>(task);
 }
 
-template <typename T>
-void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
-         const at::Tensor& batch_sizes, bool relu, const at::Tensor& h_out, bool backward) {
+// One layer's recurrence, forward or BPTT, as (direction, row block) tasks.
+// buf [N, D*H] (out or dpre), y [N, D*H] or undefined, h_in/h_out [D, B, H], w_hh [D, H, H].
+template <typename scalar_t>
+void run_layer_tasks(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
+                     const StepLayout& lay, bool relu, const at::Tensor& h_out, bool backward) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1);
-  const StepLayout lay(batch_sizes, buf.size(0), B);
   if (B == 0 || lay.T == 0) return;
 
   // Row blocks per direction: one task per thread when the call is big enough. Batch rows are
   // independent, so each task runs the whole time loop with no synchronisation.
   const bool avx2 = use_avx2();
   const int64_t threads = at::get_num_threads();
-  const int64_t flops = lay.rows() * H * H * D;
+  const int64_t macs = lay.rows() * H * H * D;
   int64_t blocks = 1;
-  if (threads > 1 && flops >= kParallelMinFlops) blocks = std::min<int64_t>((threads + D - 1) / D, B);
+  if (threads > 1 && macs >= kParallelMinMacs) blocks = std::min<int64_t>((threads + D - 1) / D, B);
   // Baseline build: where a block's step GEMM would go to BLAS anyway, one task per direction is
   // faster: BLAS then threads over the columns.
-  if (!avx2 && blocks > 1 && (B + blocks - 1) / blocks * H * H >= kBaselineBlasMinFlops) blocks = 1;
+  if (!avx2 && blocks > 1 && (B + blocks - 1) / blocks * H * H >= kBaselineBlasMinMacs) blocks = 1;
   const int64_t block_rows = (B + blocks - 1) / blocks;  // balanced: tasks differ by at most a row
   blocks = (B + block_rows - 1) / block_rows;
 
-  const bool blas = !avx2 && cpu::blas_available<T>() && block_rows * H * H >= kBaselineBlasMinFlops &&
+  const bool blas = !avx2 && cpu::blas_available<scalar_t>() && block_rows * H * H >= kBaselineBlasMinMacs &&
                     cpu::fits_blas_int(H) && cpu::fits_blas_int(D * H) && cpu::fits_blas_int(block_rows);
-  const T* w = w_hh.data_ptr<T>();
-  std::vector<T> panels(blas ? 0 : D * cpu::packed_size<T>(H, H));
-  std::vector<Task<T>> tasks;
+  const scalar_t* w = w_hh.data_ptr<scalar_t>();
+  std::vector<scalar_t> panels(blas ? 0 : D * cpu::packed_size<scalar_t>(H, H));
+  std::vector<Task<scalar_t>> tasks;
   for (const auto d : c10::irange(D)) {
-    StepGemm<T> g{w + d * H * H, nullptr, H, /*transpose=*/!backward, blas};
+    StepGemm<scalar_t> g{w + d * H * H, nullptr, H, /*transpose=*/!backward, blas};
     if (!blas) {
-      T* p = panels.data() + d * cpu::packed_size<T>(H, H);
+      scalar_t* p = panels.data() + d * cpu::packed_size<scalar_t>(H, H);
       // forward: op(W) = W_hhᵀ, element (k, n) = W_hh[n, k]; BPTT: op(W) = W_hh.
-      if (backward) cpu::pack_panels<T>(g.w, H, H, H, 1, p); else cpu::pack_panels<T>(g.w, H, H, 1, H, p);
+      if (backward) cpu::pack_panels<scalar_t>(g.w, H, H, H, 1, p); else cpu::pack_panels<scalar_t>(g.w, H, H, 1, H, p);
       g.panels = p;
     }
     for (int64_t b0 = 0; b0 < B; b0 += block_rows) {
-      tasks.push_back(Task<T>{&lay, g, buf.data_ptr<T>() + d * H, D * H, y.defined() ? y.data_ptr<T>() + d * H : nullptr,
-                              h_in.data_ptr<T>() + d * B * H, h_out.data_ptr<T>() + d * B * H, H, d == 1, relu, b0,
-                              std::min(B, b0 + block_rows)});
+      tasks.push_back(Task<scalar_t>{&lay, g, buf.data_ptr<scalar_t>() + d * H, D * H,
+                                     y.defined() ? y.data_ptr<scalar_t>() + d * H : nullptr,
+                                     h_in.data_ptr<scalar_t>() + d * B * H, h_out.data_ptr<scalar_t>() + d * B * H, H,
+                                     d == 1, relu, b0, std::min(B, b0 + block_rows)});
     }
   }
   if (tasks.size() == 1) {
@@ -110,20 +108,21 @@ void check_contiguous(std::initializer_list<const at::Tensor*> ts) {
 
 }  // namespace
 
+const char* cpu_isa_in_use() { return use_avx2() ? "avx2" : "baseline"; }
+
 void recurrence_forward_cpu(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                            const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy) {
+                            const StepLayout& lay, bool relu, const at::Tensor& hy) {
   check_contiguous({&out, &h0, &w_hh, &hy});
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fused_rnn_recurrence_forward_cpu", [&] {
-    run<scalar_t>(out, at::Tensor(), h0, w_hh, batch_sizes, relu, hy, /*backward=*/false);
+    run_layer_tasks<scalar_t>(out, at::Tensor(), h0, w_hh, lay, relu, hy, /*backward=*/false);
   });
 }
 
 void recurrence_backward_cpu(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                             const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
-                             const at::Tensor& dh0) {
+                             const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
   check_contiguous({&dpre, &y, &ghy, &w_hh, &dh0});
   AT_DISPATCH_FLOATING_TYPES(dpre.scalar_type(), "fused_rnn_recurrence_backward_cpu", [&] {
-    run<scalar_t>(dpre, y, ghy, w_hh, batch_sizes, relu, dh0, /*backward=*/true);
+    run_layer_tasks<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0, /*backward=*/true);
   });
 }
 

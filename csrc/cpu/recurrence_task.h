@@ -5,30 +5,30 @@
 
 #include <cstdint>
 
-#include "recurrence.h"
+#include "step_layout.h"
 
 namespace fused_rnn::cpu {
 
 // C[m, H] += A[m, H] · op(W_hh) for one direction: op = ᵀ in the forward, identity in BPTT.
-template <typename T>
+template <typename scalar_t>
 struct StepGemm {
-  const T* w = nullptr;        // [H, H] row-major W_hh
-  const T* panels = nullptr;   // packed op(W_hh) for the micro-kernel, or null when using BLAS
+  const scalar_t* w = nullptr;        // [H, H] row-major W_hh
+  const scalar_t* panels = nullptr;   // packed op(W_hh) for the micro-kernel, or null when using BLAS
   int64_t H = 0;
   bool transpose = false;
   bool blas = false;
 };
 
 // One task: direction `reverse` of rows [b0, b1).
-template <typename T>
+template <typename scalar_t>
 struct Task {
   const StepLayout* lay;
-  StepGemm<T> gemm;
-  T* buf;           // out (forward) or dpre (backward), already offset to this direction's columns
+  StepGemm<scalar_t> gemm;
+  scalar_t* buf;           // out (forward) or dpre (backward), already offset to this direction's columns
   int64_t ld;       // D*H
-  const T* y;       // backward only: forward output, same offset and ld as buf
-  const T* h_in;    // forward: h0 [B, H]; backward: ghy [B, H]
-  T* h_out;         // forward: hy [B, H]; backward: dh0 [B, H]
+  const scalar_t* y;       // backward only: forward output, same offset and ld as buf
+  const scalar_t* carry_in;  // what enters where a row's pass begins: h0 [B, H] (forward), ghy [B, H] (BPTT)
+  scalar_t* carry_out;       // what leaves where it ends: hy [B, H] (forward), dh0 [B, H] (BPTT)
   int64_t H;
   bool reverse;
   bool relu;
@@ -37,19 +37,19 @@ struct Task {
 
 // The task bodies (recurrence_task_body.h) of each build, for T = float and double.
 namespace baseline {
-template <typename T>
-void forward_task(const Task<T>& k);
-template <typename T>
-void backward_task(const Task<T>& k);
+template <typename scalar_t>
+void forward_task(const Task<scalar_t>& k);
+template <typename scalar_t>
+void backward_task(const Task<scalar_t>& k);
 }  // namespace baseline
 
 namespace avx2 {
 // False where recurrence_tasks_avx2.cpp compiled to nothing (not x86-64 GCC/Clang).
 bool compiled();
-template <typename T>
-void forward_task(const Task<T>& k);
-template <typename T>
-void backward_task(const Task<T>& k);
+template <typename scalar_t>
+void forward_task(const Task<scalar_t>& k);
+template <typename scalar_t>
+void backward_task(const Task<scalar_t>& k);
 }  // namespace avx2
 
 }  // namespace fused_rnn::cpu

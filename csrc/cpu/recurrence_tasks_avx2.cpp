@@ -2,8 +2,8 @@
 // time where the CPU has both (recurrence_cpu.cpp). Every function defined in this file is
 // compiled for that target, the inline helpers of simd.h included: a target attribute on the
 // task functions alone leaves the helpers lowered for the baseline ISA before they are inlined
-// (the broadcast in the GEMM tile then became a scalar load + vinsertps chain, micro-kernel 24
-// instead of 36 GMAC/s on the CI machine's Zen 3). Every header with code outside the
+// (the broadcast in the GEMM tile then became a scalar load + vinsertps chain, a third slower:
+// benchmarks/cpu_notes.md). Every header with code outside the
 // FUSED_RNN_CPU_ISA namespace (the standard library, ATen, blas.h, the shared task and layout
 // headers) comes first, outside the target region, so the inline code it defines stays baseline
 // and identical to the other files' copies.

@@ -43,9 +43,9 @@ struct Simd {
   // Every lane x, as one initializer: in a file compiled for AVX2 GCC makes that one vbroadcastss
   // from memory (load port only). Not vec{} + x: adding +0.0 is not an identity for -0.0, so the
   // compiler has to keep that add in the innermost loop. Not a shuffle of lane 0: that becomes a
-  // scalar load plus a register broadcast, which takes an FMA pipe on Zen 3 (micro-kernel 24 vs 36
-  // GMAC/s). And only in a file compiled for the target: a function-level target attribute lowers
-  // this as the baseline ISA (scalar loads + vinsertps) before inlining.
+  // scalar load plus a register broadcast, which takes an FMA pipe on some cores (a third slower on
+  // Zen 3: benchmarks/cpu_notes.md). And only in a file compiled for the target: a function-level
+  // target attribute lowers this as the baseline ISA (scalar loads + vinsertps) before inlining.
   static FUSED_RNN_INLINE vec splat(T x) {
     if constexpr (kLanes == 8) {
       return vec{x, x, x, x, x, x, x, x};

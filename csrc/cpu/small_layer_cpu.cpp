@@ -1,15 +1,16 @@
 // The GEMMs around the recurrence, for tiny layers, as plain loops (recurrence.h: SmallProjectionFn,
 // SmallLayerGradsFn). At a few thousand multiply-adds a library call costs more in overhead than the
 // arithmetic itself: the forward's addmm (a bias add, a transpose view, expand + copy of the bias,
-// the BLAS call) ~15 µs on the 2-core CI machine, and each of the backward's five GEMMs 4-28 µs (MKL
-// even wakes its second thread for a 12x20x10 product), against < 1 µs of loops here.
+// the BLAS call) and each of the backward's five GEMMs (MKL may even wake a second thread for a
+// 12x20x10 product) cost tens of times what these loops do (benchmarks/cpu_notes.md).
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
-#include "recurrence.h"
+#include "checks.h"
+#include "cpu/recurrence_cpu.h"
 
 namespace fused_rnn {
 namespace {
@@ -19,11 +20,11 @@ namespace {
 constexpr int64_t kSmallProjectionMaxMacs = 8192;
 // At most this many multiply-adds for a layer's gradients (N·D·H·(2·I_l + H)): the loops vectorise
 // along rows, ~4-8 per cycle, so the largest case costs about what the six library calls' overhead
-// does (~40 µs) and usually far less.
+// does, and usually far less.
 constexpr int64_t kSmallGradsMaxMacs = int64_t(1) << 16;
 
 // True when every tensor is contiguous and of type st (the loops read raw rows).
-bool plain(at::ScalarType st, std::initializer_list<const at::Tensor*> ts) {
+bool contiguous_of_type(at::ScalarType st, std::initializer_list<const at::Tensor*> ts) {
   for (const at::Tensor* t : ts)
     if (!t->is_contiguous() || t->scalar_type() != st) return false;
   return true;
@@ -84,6 +85,7 @@ template <typename T>
 void layer_grads(const T* dpre, const T* x, const T* y, const T* h0, const StepLayout& lay, int64_t I, int64_t H,
                  int64_t D, const T* const* w_ih, T* const* dw_ih, T* const* dw_hh, T* const* db, T* dx) {
   const int64_t N = lay.rows(), B = lay.B, ld = D * H;
+  const StepRule rule = lay.rule();
   for (int64_t d = 0; d < D; ++d) {
     std::fill(dw_ih[d], dw_ih[d] + H * I, T(0));
     std::fill(dw_hh[d], dw_hh[d] + H * H, T(0));
@@ -93,11 +95,10 @@ void layer_grads(const T* dpre, const T* x, const T* y, const T* h0, const StepL
       for (int64_t b = 0; b < lay.batch[t]; ++b) {
         const int64_t n = lay.offset[t] + b;
         const T* g = dpre + n * ld + d * H;
-        // The state step t read: the previous step of this direction's order, or h0 where the
-        // sequence starts (t = 0 forward; its own last step in reverse).
-        const T* h_prev = h0 + (d * B + b) * H;
-        if (!reverse && t > 0) h_prev = y + (lay.offset[t - 1] + b) * ld + d * H;
-        if (reverse && t + 1 < lay.T && b < lay.batch[t + 1]) h_prev = y + (lay.offset[t + 1] + b) * ld + d * H;
+        // The state step t read: the previous step's output for a continued row, else h0.
+        const T* h_prev = b < rule.continued_rows(t, reverse)
+                              ? y + (lay.offset[rule.prev_step(t, reverse)] + b) * ld + d * H
+                              : h0 + (d * B + b) * H;
         outer_acc(dw_ih[d], g, H, x + n * I, I);
         outer_acc(dw_hh[d], g, H, h_prev, H);
         if (db[d] != nullptr)
@@ -127,9 +128,9 @@ bool small_projection_cpu(const at::Tensor& out, const at::Tensor& in, at::Tenso
   if (N * I * D * H > kSmallProjectionMaxMacs) return false;
   const at::ScalarType st = out.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
-  if (!plain(st, {&out, &in})) return false;
+  if (!contiguous_of_type(st, {&out, &in})) return false;
   for (const at::Tensor& p : params)
-    if (!plain(st, {&p})) return false;
+    if (!contiguous_of_type(st, {&p})) return false;
   const int64_t per = weights_per_direction(has_biases);
   AT_DISPATCH_FLOATING_TYPES(st, "fused_rnn_small_projection", [&] {
     const scalar_t* w[2] = {nullptr, nullptr};
@@ -154,10 +155,10 @@ bool small_layer_grads_cpu(const at::Tensor& dpre, const at::Tensor& in, const a
   if (N * D * H * (2 * I + H) > kSmallGradsMaxMacs) return false;
   const at::ScalarType st = dpre.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
-  if (!plain(st, {&dpre, &in, &y, &h0})) return false;
+  if (!contiguous_of_type(st, {&dpre, &in, &y, &h0})) return false;
   const int64_t per = weights_per_direction(has_biases);
   for (int64_t d = 0; d < D; ++d)
-    if (!plain(st, {&params[d * per]})) return false;
+    if (!contiguous_of_type(st, {&params[d * per]})) return false;
   const auto opts = dpre.options();
   for (int64_t d = 0; d < D; ++d) {
     grads[d * per + 0] = at::empty({H, I}, opts);

@@ -14,6 +14,7 @@
 #include "cuda/recurrence_kernel.cuh"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
+#include "switches.h"
 
 namespace fused_rnn {
 namespace cuda {
@@ -32,18 +33,17 @@ void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor
   }
 }
 
+// One layer's recurrence through the persistent kernels (recurrence_kernel.cuh).
 // buf [N, D*H] (out or dpre), y [N, D*H] or undefined, h_in/h_out [D, B, H], w_hh [D, H, H].
-void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
-         const at::Tensor& batch_sizes, bool relu, const at::Tensor& h_out, bool backward) {
+void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
+                  const StepLayout& lay, bool relu, const at::Tensor& h_out, bool backward) {
   check_buffers({&buf, &y, &h_in, &w_hh, &h_out}, buf);
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
   if (B == 0 || H == 0 || N == 0) return;
   const c10::cuda::CUDAGuard guard(buf.device());
-  int64_t T = N / B;
+  const int64_t T = lay.T;
   at::Tensor steps;  // packed only: batch[0..T], offset[0..T] on the device, copied once per call
-  if (batch_sizes.defined()) {
-    const StepLayout lay(batch_sizes, N, B);
-    T = lay.T;
+  if (!lay.uniform()) {
     at::Tensor host = at::empty({2 * (T + 1)}, at::TensorOptions().dtype(at::kLong));
     int64_t* h = host.data_ptr<int64_t>();
     std::copy(lay.batch.begin(), lay.batch.end(), h);
@@ -61,9 +61,9 @@ void run(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, con
 
 // The per-step GEMM recurrence (recurrence_gemm.cpp) instead of the persistent kernel: float32 and
 // float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
-// faster than the kernel's per-CTA mat-vec (H200: B64 H2048 fp32 135 µs/step in the kernel, 40 here). The
-// half types stay in the kernel, whose fp32 state keeps them as accurate as cuDNN.
-// FUSED_RNN_CUDA_REGIME=gemm forces it (float32/float64 only), =grid or =step rule it out.
+// faster than the kernel's per-CTA mat-vec. The half types stay in the kernel, whose fp32 state keeps
+// them as accurate as cuDNN. The FUSED_RNN_CUDA_REGIME switch: gemm forces it (float32/float64
+// only), grid or step rule it out.
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
@@ -78,24 +78,25 @@ bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
 }  // namespace
 
 void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                             const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy) {
+                             const StepLayout& lay, bool relu, const at::Tensor& hy) {
   if (use_gemm_recurrence(out, h0.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(out.device());
-    recurrence_forward_gemm(out, h0, w_hh, batch_sizes, relu, hy);
+    recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy);
+    switches::record_cuda_regime("gemm");
     return;
   }
-  run(out, at::Tensor(), h0, w_hh, batch_sizes, relu, hy, /*backward=*/false);
+  launch_layer(out, at::Tensor(), h0, w_hh, lay, relu, hy, /*backward=*/false);
 }
 
 void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                              const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
-                              const at::Tensor& dh0) {
+                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
   if (use_gemm_recurrence(dpre, ghy.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(dpre.device());
-    recurrence_backward_gemm(dpre, y, ghy, w_hh, batch_sizes, relu, dh0);
+    recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0);
+    switches::record_cuda_regime("gemm");
     return;
   }
-  run(dpre, y, ghy, w_hh, batch_sizes, relu, dh0, /*backward=*/true);
+  launch_layer(dpre, y, ghy, w_hh, lay, relu, dh0, /*backward=*/true);
 }
 
 namespace {
@@ -115,9 +116,9 @@ struct CudnnTf32Rule {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
-  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
-  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
-  check_rnn_args(a);
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  const RnnArgs& a = checked.args;
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Rule tf32;
   return rnn_forward_stack(a, kCudaKernels);
@@ -128,8 +129,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
     at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& output, const at::Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu,
     bool has_biases) {
-  const std::optional<at::Tensor> bs = canonical_batch_sizes(batch_sizes);
-  const RnnArgs a{input, hx, weights, bs, dropout_mask, num_layers, bidirectional, relu, has_biases};
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  const RnnArgs& a = checked.args;
   check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Rule tf32;

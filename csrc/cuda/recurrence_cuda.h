@@ -10,10 +10,9 @@
 namespace fused_rnn {
 
 void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                             const at::Tensor& batch_sizes, bool relu, const at::Tensor& hy);
+                             const StepLayout& lay, bool relu, const at::Tensor& hy);
 void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                              const at::Tensor& w_hh, const at::Tensor& batch_sizes, bool relu,
-                              const at::Tensor& dh0);
+                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0);
 
 namespace cuda {
 struct RecParams;

@@ -27,9 +27,10 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include "switches.h"
+
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -436,18 +437,18 @@ void launch_steps(RecParams p, const DeviceInfo& dev, at::Device device, cudaStr
   }
 }
 
-// FUSED_RNN_CUDA_REGIME forces a regime, so that tests and compute-sanitizer cover every path at
-// small sizes: grid or step skip the faster kernels, gemm takes the per-step GEMM path (chosen in
-// recurrence_cuda.cu, float32/float64 only). Unset (or anything else): automatic.
+// The FUSED_RNN_CUDA_REGIME switch (switches.h) forces a regime, so that tests and
+// compute-sanitizer cover every path at small sizes: grid or step skip the faster kernels, gemm
+// takes the per-step GEMM path (chosen in recurrence_cuda.cu, float32/float64 only).
 enum class ForcedRegime { None, Grid, Step, Gemm };
 
 inline ForcedRegime forced_regime() {
-  const char* s = std::getenv("FUSED_RNN_CUDA_REGIME");
-  if (s == nullptr) return ForcedRegime::None;
-  if (std::strcmp(s, "grid") == 0) return ForcedRegime::Grid;
-  if (std::strcmp(s, "step") == 0) return ForcedRegime::Step;
-  if (std::strcmp(s, "gemm") == 0) return ForcedRegime::Gemm;
-  return ForcedRegime::None;
+  switch (switches::cuda_regime()) {
+    case switches::CudaRegime::Grid: return ForcedRegime::Grid;
+    case switches::CudaRegime::Step: return ForcedRegime::Step;
+    case switches::CudaRegime::Gemm: return ForcedRegime::Gemm;
+    default: return ForcedRegime::None;
+  }
 }
 
 // The first kernel regime launch_recurrence tries.
@@ -486,11 +487,16 @@ void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t strea
         kernel<<<dim3(nchunks, D), threads, smem, stream>>>(p, L);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
+      switches::record_cuda_regime("single");
       return;
     }
   }
-  if (first != Mode::Step && launch_grid<T>(p, dev, device, stream)) return;
+  if (first != Mode::Step && launch_grid<T>(p, dev, device, stream)) {
+    switches::record_cuda_regime("grid");
+    return;
+  }
   launch_steps<T>(p, dev, device, stream);
+  switches::record_cuda_regime("step");
 }
 
 }  // namespace cuda

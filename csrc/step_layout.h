@@ -1,0 +1,66 @@
+// The step-major layout of a layer's buffers and its one rule: which rows of a step carry state.
+//
+// Every buffer of a layer is [N, D*H], step-major: step t owns the rows [offset(t), offset(t) +
+// batch(t)). Batch sizes never increase with t (PackedSequence's rule), so the sequences alive at
+// step t are rows 0 .. batch(t)-1 of that step.
+//   - unpacked input:  batch(t) = B, offset(t) = t*B, N = T*B   (batch_sizes undefined)
+//   - packed input:    batch_sizes is PackedSequence's CPU int64 [T], N = sum(batch_sizes)
+// Direction d of a row lives in columns [d*H, (d+1)*H). Direction 0 runs t = 0 .. T-1 ("its
+// forward order"); direction 1 runs t = T-1 .. 0, and each sequence's reverse pass starts at its
+// own last step. BPTT walks each direction against its forward order.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#ifdef __CUDACC__
+#define FUSED_RNN_HOST_DEVICE __host__ __device__
+#else
+#define FUSED_RNN_HOST_DEVICE
+#endif
+
+namespace fused_rnn {
+
+// The rule over a batch table, for host and device code. batch: [T + 1] with batch[T] = 0.
+struct StepRule {
+  const int64_t* batch;
+  int64_t T;
+
+  // The step processed s-th in a direction's forward order.
+  FUSED_RNN_HOST_DEVICE int64_t step(int64_t s, bool reverse) const { return reverse ? T - 1 - s : s; }
+  // The step before / after t in the direction's forward order.
+  FUSED_RNN_HOST_DEVICE int64_t prev_step(int64_t t, bool reverse) const { return reverse ? t + 1 : t - 1; }
+  FUSED_RNN_HOST_DEVICE int64_t next_step(int64_t t, bool reverse) const { return reverse ? t - 1 : t + 1; }
+  // Rows [0, continued_rows) of step t read the state prev_step(t) wrote; rows [continued_rows,
+  // batch[t]) begin their pass at t, from h0 (so BPTT gives them their dh0 there).
+  FUSED_RNN_HOST_DEVICE int64_t continued_rows(int64_t t, bool reverse) const {
+    return reverse ? batch[t + 1] : (t == 0 ? 0 : batch[t]);
+  }
+  // Rows [first_ending_row, batch[t]) end their pass at t: their h_t is hy (and BPTT adds hy's
+  // gradient there); rows before it live on at next_step(t).
+  FUSED_RNN_HOST_DEVICE int64_t first_ending_row(int64_t t, bool reverse) const {
+    return reverse ? (t == 0 ? 0 : batch[t]) : batch[t + 1];
+  }
+};
+
+// The layout of one call, built once on the host from batch_sizes (or T, B) and passed to every
+// layer's kernels.
+struct StepLayout {
+  int64_t T = 0;
+  int64_t B = 0;
+  std::vector<int64_t> batch;   // [T + 1], batch[T] = 0
+  std::vector<int64_t> offset;  // [T + 1], offset[T] = N
+
+  // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
+  StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
+  bool uniform() const { return uniform_; }
+  int64_t rows() const { return offset[T]; }
+  StepRule rule() const { return StepRule{batch.data(), T}; }
+
+ private:
+  bool uniform_ = true;
+};
+
+}  // namespace fused_rnn

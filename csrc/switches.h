@@ -1,0 +1,31 @@
+// Run-time switches of the kernels (README "Build switches"): read once from the environment when
+// the library loads, and settable from Python (fused_rnn._C.set_switch) so that tests need not
+// write os.environ, which a kernel reading getenv on every call would race with.
+//   FUSED_RNN_CPU_REGIME   fused (default) | gemm: the CPU runs the device-agnostic per-step GEMM path
+//   FUSED_RNN_CPU_ISA      auto (default) | avx2 | baseline: which build of the CPU task loops runs
+//   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm: forces a CUDA regime
+// An unknown value in the environment means the default; set() refuses it.
+#pragma once
+
+#include <string>
+
+namespace fused_rnn::switches {
+
+enum class CpuRegime { Fused, Gemm };
+enum class CpuIsa { Auto, Avx2, Baseline };
+enum class CudaRegime { Auto, Grid, Step, Gemm };
+
+CpuRegime cpu_regime();
+CpuIsa cpu_isa();
+CudaRegime cuda_regime();
+
+// name: one of the variables above; value: one of its values. Throws c10::ValueError otherwise.
+void set(const std::string& name, const std::string& value);
+std::string get(const std::string& name);
+
+// What ran, for tests and debugging: the regime of the last CUDA recurrence this thread launched
+// ("single", "grid", "step" or "gemm"; "" before any).
+void record_cuda_regime(const char* regime);
+const char* last_cuda_regime();
+
+}  // namespace fused_rnn::switches
