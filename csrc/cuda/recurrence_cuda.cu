@@ -20,6 +20,9 @@ namespace fused_rnn {
 namespace cuda {
 template void launch_recurrence<float>(const RecParams&, at::Device, cudaStream_t);
 template void launch_recurrence<double>(const RecParams&, at::Device, cudaStream_t);
+// Instantiated in recurrence_cuda_half.cu: not again here, where the dtype dispatch below calls them.
+extern template void launch_recurrence<c10::Half>(const RecParams&, at::Device, cudaStream_t);
+extern template void launch_recurrence<c10::BFloat16>(const RecParams&, at::Device, cudaStream_t);
 }  // namespace cuda
 
 namespace {
