@@ -1,0 +1,146 @@
+"""GPU-less SASS report of the CUDA kernels: the instruction mix of each kernel and of its hot loop.
+
+Disassembles the built extension (cuobjdump -sass, no GPU needed) and, per kernel, counts the
+instruction classes that decide a recurrence step's time: FMAs (FFMA/DFMA/HFMA2) and tensor-core
+MMAs (HMMA/DMMA), shared-memory loads and stores (LDS/STS), global loads and stores (LDG/STG),
+local-memory traffic (LDL/STL: spills or stack arrays, which should be none), barriers (BAR),
+shuffles (SHFL) and grid / cluster synchronisation (the grid barrier's MEMBAR.ALL.GPU; sm_90's
+mbarrier SYNCS* and cluster barrier UCGABAR*). The hot loop is
+the backward branch's body with the most FMAs/MMAs: the mat-vec's inner loop. Its LDS per FMA is
+the figure a register-resident W_hh would bring to ~0.
+
+    python benchmarks/sass_report.py [--so PATH] [--arch sm_90] [--out REPORT.md]
+
+cuobjdump comes with the CUDA toolkit, or with the triton that torch installs
+(triton/backends/nvidia/bin) or pip's nvidia-cuda-cuobjdump.
+"""
+import argparse
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+CLASSES = {  # report column -> opcodes (the part of the mnemonic before the first '.')
+    "FMA": ("FFMA", "DFMA", "HFMA2", "FFMA2"),
+    "MMA": ("HMMA", "DMMA", "IMMA"),
+    "LDS": ("LDS", "LDSM"),
+    "STS": ("STS",),
+    "LDG": ("LDG",),
+    "STG": ("STG",),
+    "LDL/STL": ("LDL", "STL"),
+    "BAR": ("BAR",),
+    "SHFL": ("SHFL",),
+}
+CLUSTER_PREFIXES = ("SYNCS", "UCGABAR", "MEMBAR.ALL.GPU")
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+
+
+def find_cuobjdump():
+    candidates = [os.path.join(h, "bin", "cuobjdump") for h in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if h]
+    candidates.append(shutil.which("cuobjdump") or "")
+    try:
+        import site
+        for sp in site.getsitepackages():
+            candidates += glob.glob(os.path.join(sp, "triton", "backends", "nvidia", "bin", "cuobjdump"))
+            candidates += glob.glob(os.path.join(sp, "nvidia", "*", "bin", "cuobjdump"))
+    except AttributeError:
+        pass
+    return next((c for c in candidates if c and os.path.isfile(c)), None)
+
+
+def functions(sass):
+    """{mangled name: [(address, opcode, operands)]} from cuobjdump -sass output."""
+    out, name = {}, None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            name = m.group(1)
+            out[name] = []
+            continue
+        m = INSTRUCTION.search(line)
+        if m and name:
+            out[name].append((int(m.group(1), 16), m.group(3), m.group(4)))
+    return out
+
+
+def counts(instructions):
+    c = collections.Counter()
+    for _, op, _ in instructions:
+        base = op.split(".")[0]
+        for column, opcodes in CLASSES.items():
+            if base in opcodes:
+                c[column] += 1
+        if op.startswith(CLUSTER_PREFIXES):
+            c["grid/cluster sync"] += 1
+    c["instructions"] = len(instructions)
+    return c
+
+
+def hot_loop(instructions):
+    """Counts of the loop (a backward branch's [target, branch] range) with the most FMA/MMA."""
+    best = None
+    for address, op, operands in instructions:
+        if not op.startswith("BRA"):
+            continue
+        target = re.search(r"0x([0-9a-f]+)", operands)
+        if not target or int(target.group(1), 16) >= address:
+            continue
+        lo = int(target.group(1), 16)
+        c = counts([i for i in instructions if lo <= i[0] <= address])
+        work = c["FMA"] + c["MMA"]
+        if work and (best is None or work / c["instructions"] > (best["FMA"] + best["MMA"]) / best["instructions"]):
+            best = c
+    return best or collections.Counter()
+
+
+def demangle(names):
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt:
+        return {n: n for n in names}
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out))
+
+
+def short(name):
+    name = re.sub(r"\(fused_rnn::cuda::Mode\)(\d+)", lambda m: f"Mode{m.group(1)}", name).split("(", 1)[0]
+    return name.replace("fused_rnn::cuda::", "").replace("c10::", "").replace("void ", "")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--so", default=None, help="the extension to read (default: the installed fused_rnn._C)")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--out", default=None, help="also write the report to this Markdown file")
+    args = p.parse_args()
+    so = args.so
+    if so is None:
+        import fused_rnn
+        so = fused_rnn._C.__file__
+    tool = find_cuobjdump()
+    if tool is None:
+        sys.exit("cuobjdump not found (CUDA toolkit, triton's bundled copy, or pip install nvidia-cuda-cuobjdump)")
+    done = subprocess.run([tool, "-sass", "-arch", args.arch, so], capture_output=True, text=True)
+    if done.returncode != 0 or "Function :" not in done.stdout:
+        sys.exit(f"no {args.arch} SASS in {so} (built without CUDA kernels for it?)\n{done.stderr[-2000:]}")
+    funcs = functions(done.stdout)
+    names = demangle(list(funcs))
+    cols = ["instructions", "FMA", "MMA", "LDS", "STS", "LDG", "STG", "LDL/STL", "BAR", "SHFL", "grid/cluster sync"]
+    lines = [f"SASS of {os.path.basename(so)} for {args.arch} (cuobjdump -sass); Mode0/1/2 = Single/Grid/Step.", "",
+             "| kernel | part | " + " | ".join(cols) + " | LDS per FMA |", "|---|---|" + "---|" * (len(cols) + 1)]
+    for mangled in sorted(funcs, key=lambda n: names[n]):
+        for part, c in (("whole", counts(funcs[mangled])), ("hot loop", hot_loop(funcs[mangled]))):
+            fma = c["FMA"] + c["MMA"]
+            ratio = f"{c['LDS'] / fma:.2f}" if fma else "—"
+            lines.append(f"| {short(names[mangled])} | {part} | " + " | ".join(str(c[k]) for k in cols) + f" | {ratio} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
