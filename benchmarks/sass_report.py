@@ -23,6 +23,9 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ptxas_gate import demangle, short  # noqa: E402  (one way to name a kernel instantiation)
+
 CLASSES = {  # report column -> opcodes (the part of the mnemonic before the first '.')
     "FMA": ("FFMA", "DFMA", "HFMA2", "FFMA2"),
     "MMA": ("HMMA", "DMMA", "IMMA"),
@@ -96,19 +99,6 @@ def hot_loop(instructions):
     return best or collections.Counter()
 
 
-def demangle(names):
-    cxxfilt = shutil.which("c++filt")
-    if not cxxfilt:
-        return {n: n for n in names}
-    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
-    return dict(zip(names, out))
-
-
-def short(name):
-    name = re.sub(r"\(fused_rnn::cuda::Mode\)(\d+)", lambda m: f"Mode{m.group(1)}", name).split("(", 1)[0]
-    return name.replace("fused_rnn::cuda::", "").replace("c10::", "").replace("void ", "")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--so", default=None, help="the extension to read (default: the installed fused_rnn._C)")
@@ -128,7 +118,7 @@ def main():
     funcs = functions(done.stdout)
     names = demangle(list(funcs))
     cols = ["instructions", "FMA", "MMA", "LDS", "STS", "LDG", "STG", "LDL/STL", "BAR", "SHFL", "grid/cluster sync"]
-    lines = [f"SASS of {os.path.basename(so)} for {args.arch} (cuobjdump -sass); Mode0/1/2 = Single/Grid/Step.", "",
+    lines = [f"SASS of {os.path.basename(so)} for {args.arch} (cuobjdump -sass).", "",
              "| kernel | part | " + " | ".join(cols) + " | LDS per FMA |", "|---|---|" + "---|" * (len(cols) + 1)]
     for mangled in sorted(funcs, key=lambda n: names[n]):
         for part, c in (("whole", counts(funcs[mangled])), ("hot loop", hot_loop(funcs[mangled]))):

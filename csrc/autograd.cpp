@@ -30,28 +30,49 @@ bool is_transformed(const Tensor& t) {
   return t.defined() && t.key_set().has_any(kTransformKeys);
 }
 
-bool any_transformed(const Tensor& a, const Tensor& b, at::TensorList ts) {
-  if (is_transformed(a) || is_transformed(b)) return true;
-  for (const auto& t : ts)
-    if (is_transformed(t)) return true;
+// Whether pred holds for any tensor argument of an op: input, hx, or one of the weights.
+template <typename Pred>
+bool any_argument(const Tensor& input, const Tensor& hx, at::TensorList weights, Pred pred) {
+  if (pred(input) || pred(hx)) return true;
+  for (const auto& t : weights)
+    if (pred(t)) return true;
   return false;
 }
 
-// Forward-mode AD (torch.autograd.forward_ad) tangents on any argument; level 0 is the only level
-// dual tensors use outside functorch.
-bool any_tangent(const Tensor& a, const Tensor& b, at::TensorList ts) {
-  if (a._fw_grad(0).defined() || b._fw_grad(0).defined()) return true;
-  for (const auto& t : ts)
-    if (t._fw_grad(0).defined()) return true;
-  return false;
+// Forward-mode AD (torch.autograd.forward_ad) tangents on a tensor; level 0 is the only level dual
+// tensors use outside functorch.
+bool has_tangent(const Tensor& t) { return t._fw_grad(0).defined(); }
+
+bool any_requires_grad(const Tensor& input, const Tensor& hx, at::TensorList weights) {
+  return at::GradMode::is_enabled() &&
+         any_argument(input, hx, weights, [](const Tensor& t) { return t.requires_grad(); });
 }
 
-bool any_requires_grad(const Tensor& a, const Tensor& b, at::TensorList ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  if (a.requires_grad() || b.requires_grad()) return true;
-  for (const auto& t : ts)
-    if (t.requires_grad()) return true;
-  return false;
+// The ops as the composite formulation, checked like the device kernels. They serve the autograd
+// kernels' transform and create_graph routes, and vmap (functorch's, and the legacy one of
+// is_grads_batched), which dispatches to a batching rule before autograd: every composite op has
+// one. (Without them vmap reports "Batching rule not implemented": its generic loop fallback does
+// not take a Tensor[].) The backward's result is differentiable when grad mode is on.
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_composite_kernel(const Tensor& input, const Tensor& hx,
+                                                                at::TensorList weights,
+                                                                const std::optional<Tensor>& batch_sizes,
+                                                                const std::optional<Tensor>& dropout_mask,
+                                                                int64_t num_layers, bool bidirectional, bool relu,
+                                                                bool has_biases) {
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  return rnn_forward_composite(checked.args);
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_composite_kernel(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, at::TensorList weights,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask, const Tensor& output,
+    const Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
+  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+                                has_biases);
+  const RnnArgs& a = checked.args;
+  check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
+  return rnn_backward_by_recompute(a, grad_output, grad_hy, at::GradMode::is_enabled());
 }
 
 class RnnForward : public torch::autograd::Function<RnnForward> {
@@ -90,10 +111,9 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     if (is_transformed(grads[0]) || is_transformed(grads[1])) {
       // Batched gradients (vmap over this backward): the fused op has no batching rule; the
       // composite ops all have one.
-      const CheckedRnnArgs checked(input, hx, weights, opt(s[2]), opt(s[3]), num_layers, bidirectional, relu,
-                                   has_biases);
       std::tie(grad_input, grad_hx, grad_weights) =
-          rnn_backward_by_recompute(checked.args, grad_output, grad_hy, at::GradMode::is_enabled());
+          rnn_backward_composite_kernel(grad_output, grad_hy, input, hx, weights, opt(s[2]), opt(s[3]), output,
+                                        reserve, num_layers, bidirectional, relu, has_biases);
     } else {
       // rnn_backward's own autograd kernel takes the differentiable route under create_graph.
       std::tie(grad_input, grad_hx, grad_weights) =
@@ -114,11 +134,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
                                                         const std::optional<Tensor>& batch_sizes,
                                                         const std::optional<Tensor>& dropout_mask, int64_t num_layers,
                                                         bool bidirectional, bool relu, bool has_biases) {
-  if (any_transformed(input, hx, weights) || any_tangent(input, hx, weights)) {
-    const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
-                                  has_biases);
-    const RnnArgs& a = checked.args;
-    return rnn_forward_composite(a);
+  if (any_argument(input, hx, weights, is_transformed) || any_argument(input, hx, weights, has_tangent)) {
+    return rnn_forward_composite_kernel(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional,
+                                        relu, has_biases);
   }
   if (!any_requires_grad(input, hx, weights)) {  // inference: skip building an autograd node
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -137,39 +155,12 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(
   if (at::GradMode::is_enabled() && (grad_output.requires_grad() || grad_hy.requires_grad() ||
                                      any_requires_grad(input, hx, weights))) {
     // create_graph=True (double backward, gradgradcheck, Hessians): differentiable gradients.
-    const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
-                                  has_biases);
-    const RnnArgs& a = checked.args;
-    check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
-    return rnn_backward_by_recompute(a, grad_output, grad_hy, /*create_graph=*/true);
+    return rnn_backward_composite_kernel(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output,
+                                         reserve, num_layers, bidirectional, relu, has_biases);
   }
   at::AutoDispatchBelowADInplaceOrView guard;  // the usual case
   return rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, reserve,
                                 num_layers, bidirectional, relu, has_biases);
-}
-
-// The ops under vmap (functorch's, and the legacy one of is_grads_batched), which dispatches to a
-// batching rule before autograd: the composite formulation, whose every op has one. (Without it
-// vmap reports "Batching rule not implemented": its generic loop fallback does not take a Tensor[].)
-std::tuple<Tensor, Tensor, Tensor> rnn_forward_batched(const Tensor& input, const Tensor& hx, at::TensorList weights,
-                                                       const std::optional<Tensor>& batch_sizes,
-                                                       const std::optional<Tensor>& dropout_mask, int64_t num_layers,
-                                                       bool bidirectional, bool relu, bool has_biases) {
-  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
-                                has_biases);
-  const RnnArgs& a = checked.args;
-  return rnn_forward_composite(a);
-}
-
-std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_batched(
-    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, at::TensorList weights,
-    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask, const Tensor& output,
-    const Tensor& reserve, int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
-  const CheckedRnnArgs checked(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
-                                has_biases);
-  const RnnArgs& a = checked.args;
-  check_rnn_backward_args(a, grad_output, grad_hy, output, reserve);
-  return rnn_backward_by_recompute(a, grad_output, grad_hy, at::GradMode::is_enabled());
 }
 
 }  // namespace
@@ -180,13 +171,13 @@ TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, FuncTorchBatched, m) {
-  m.impl("rnn_forward", &rnn_forward_batched);
-  m.impl("rnn_backward", &rnn_backward_batched);
+  m.impl("rnn_forward", &rnn_forward_composite_kernel);
+  m.impl("rnn_backward", &rnn_backward_composite_kernel);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, Batched, m) {
-  m.impl("rnn_forward", &rnn_forward_batched);
-  m.impl("rnn_backward", &rnn_backward_batched);
+  m.impl("rnn_forward", &rnn_forward_composite_kernel);
+  m.impl("rnn_backward", &rnn_backward_composite_kernel);
 }
 
 }  // namespace fused_rnn

@@ -20,10 +20,15 @@ struct Switch {
 
   Switch(const char* n, std::vector<std::string_view> v) : name(n), values(std::move(v)) {
     const char* env = std::getenv(name);
-    if (env != nullptr) {
-      for (size_t i = 0; i < values.size(); ++i)
-        if (values[i] == env) choice = static_cast<int>(i);
-    }
+    const int i = env == nullptr ? -1 : index_of(env);
+    if (i >= 0) choice = i;
+  }
+
+  // The index of value among values, or -1.
+  int index_of(std::string_view value) const {
+    for (size_t i = 0; i < values.size(); ++i)
+      if (values[i] == value) return static_cast<int>(i);
+    return -1;
   }
 };
 
@@ -60,11 +65,10 @@ CudaRegime cuda_regime() {
 
 void set(const std::string& name, const std::string& value) {
   Switch& s = by_name(name);
-  for (size_t i = 0; i < s.values.size(); ++i) {
-    if (s.values[i] == value) {
-      s.choice = static_cast<int>(i);
-      return;
-    }
+  const int i = s.index_of(value);
+  if (i >= 0) {
+    s.choice = i;
+    return;
   }
   std::string allowed;
   for (const auto& v : s.values) allowed += (allowed.empty() ? "" : ", ") + std::string(v);

@@ -50,7 +50,7 @@ def with_cuda() -> bool:
 
 def _check_args(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, has_biases,
                 backward=None):
-    """csrc/ops.cpp's canonical_batch_sizes + check_rnn_args (and check_rnn_backward_args when
+    """csrc/checks.cpp's canonical_batch_sizes + check_rnn_args (and check_rnn_backward_args when
     backward = (grad_output, grad_hy, output, reserve)) for the fake kernels, with the same messages in
     the same order. The dispatcher sends a call to the fake kernel as soon as one argument is on the
     meta device, so these checks are all that stands between a CPU input with one meta weight (or
