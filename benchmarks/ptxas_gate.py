@@ -32,6 +32,14 @@ def max_threads():
 MAX_THREADS = max_threads()
 
 
+def launch_threads(name):
+    """The threads per CTA a kernel is launched with (its __launch_bounds__), from its short name:
+    resident_kernel<Shape<KL, KPT, R, NW, MaxBT>, BT, Backward> runs NW warps (resident_layout.h);
+    recurrence_kernel up to kMaxThreads."""
+    m = re.search(r"Shape<\d+, \d+, \d+, (\d+), \d+>", name)
+    return 32 * int(m.group(1)) if m else MAX_THREADS
+
+
 def nvcc_path():
     for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
@@ -101,14 +109,14 @@ def parse(report):
     return kernels
 
 
-def violations(k):
+def violations(k, threads):
     bad = []
     if k["spill_stores"] or k["spill_loads"]:
         bad.append(f"spills {k['spill_stores']}/{k['spill_loads']} B")
     if k["stack"]:
         bad.append(f"stack frame {k['stack']} B")
-    if k["registers"] * MAX_THREADS > REGISTERS_PER_SM:
-        bad.append(f"{k['registers']} registers x {MAX_THREADS} threads > {REGISTERS_PER_SM}")
+    if k["registers"] * threads > REGISTERS_PER_SM:
+        bad.append(f"{k['registers']} registers x {threads} threads > {REGISTERS_PER_SM}")
     if k["smem"] > STATIC_SMEM_LIMIT:
         bad.append(f"static smem {k['smem']} B > {STATIC_SMEM_LIMIT}")
     return bad
@@ -123,33 +131,38 @@ def mode_names():
 def short(name, modes=mode_names()):
     """void fused_rnn::cuda::recurrence_kernel<float, 8, (fused_rnn::cuda::Mode)1>(...) ->
     recurrence_kernel<float, 8, Grid>"""
-    name = re.sub(r"\(fused_rnn::cuda::Mode\)(\d+)", lambda m: modes[int(m.group(1))], name).split("(", 1)[0]
-    return name.replace("fused_rnn::cuda::", "").replace("c10::", "").replace("void ", "")
+    name = re.sub(r"\(fused_rnn::cuda::Mode\)(\d+)", lambda m: modes[int(m.group(1))], name)
+    name = name.replace("(anonymous namespace)::", "").split("(", 1)[0]
+    for prefix in ("fused_rnn::cuda::", "fused_rnn::resident::", "c10::", "void "):
+        name = name.replace(prefix, "")
+    return name
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", default=["90", "80"], help="compute capabilities (default: 90 80)")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--sources", nargs="+", default=None, help="only these .cu files (default: csrc/cuda/*.cu)")
     args = p.parse_args()
     nvcc = nvcc_path()
     if nvcc is None:
         sys.exit("nvcc not found: set CUDA_HOME")
     includes = include_dirs(nvcc)
-    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    sources = args.sources or sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     rows, failures = [], 0
     for arch in args.arch:
         for source in sources:
             kernels = parse(compile_report(nvcc, source, arch, includes))
             names = demangle([k for k, _ in kernels])
             for mangled, k in kernels:
-                bad = violations(k)
+                threads = launch_threads(short(names[mangled]))
+                bad = violations(k, threads)
                 failures += bool(bad)
-                rows.append(f"| sm_{arch} | {short(names[mangled])} | {k['registers']} | {k['stack']} | "
+                rows.append(f"| sm_{arch} | {short(names[mangled])} | {threads} | {k['registers']} | {k['stack']} | "
                             f"{k['spill_stores']}/{k['spill_loads']} | {k['smem']} | {k['barriers']} | "
                             f"{'; '.join(bad) or 'ok'} |")
-    table = "\n".join(["| arch | kernel | registers | stack B | spill st/ld B | static smem B | barriers | verdict |",
-                       "|---|---|---|---|---|---|---|---|", *rows])
+    table = "\n".join(["| arch | kernel | threads | registers | stack B | spill st/ld B | static smem B | barriers | verdict |",
+                       "|---|---|---|---|---|---|---|---|---|", *rows])
     print(table)
     print(f"\n{len(rows)} kernel instantiations, {failures} breaking a rule")
     if args.out:

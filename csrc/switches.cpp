@@ -41,7 +41,7 @@ Switch& cpu_isa_switch() {
   return s;
 }
 Switch& cuda_regime_switch() {
-  static Switch s("FUSED_RNN_CUDA_REGIME", {"auto", "grid", "step", "gemm"});
+  static Switch s("FUSED_RNN_CUDA_REGIME", {"auto", "grid", "step", "gemm", "resident"});
   return s;
 }
 

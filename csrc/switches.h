@@ -3,7 +3,8 @@
 // write os.environ, which a kernel reading getenv on every call would race with.
 //   FUSED_RNN_CPU_REGIME   fused (default) | gemm: the CPU runs the device-agnostic per-step GEMM path
 //   FUSED_RNN_CPU_ISA      auto (default) | avx2 | baseline: which build of the CPU task loops runs
-//   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm: forces a CUDA regime
+//   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm | resident: forces a CUDA regime
+//                          (resident: opt-in until a GPU run has validated it)
 // An unknown value in the environment means the default; set() refuses it.
 #pragma once
 
@@ -13,7 +14,7 @@ namespace fused_rnn::switches {
 
 enum class CpuRegime { Fused, Gemm };
 enum class CpuIsa { Auto, Avx2, Baseline };
-enum class CudaRegime { Auto, Grid, Step, Gemm };
+enum class CudaRegime { Auto, Grid, Step, Gemm, Resident };
 
 CpuRegime cpu_regime();
 CpuIsa cpu_isa();
@@ -24,7 +25,7 @@ void set(const std::string& name, const std::string& value);
 std::string get(const std::string& name);
 
 // What ran, for tests and debugging: the regime of the last CUDA recurrence this thread launched
-// ("single", "grid", "step" or "gemm"; "" before any).
+// ("single", "grid", "step", "gemm" or "resident"; "" before any).
 void record_cuda_regime(const char* regime);
 const char* last_cuda_regime();
 

@@ -16,7 +16,7 @@ import fused_rnn
 SWITCHES = {
     "FUSED_RNN_CPU_REGIME": ("fused", "gemm"),
     "FUSED_RNN_CPU_ISA": ("auto", "avx2", "baseline"),
-    "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm"),
+    "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm", "resident"),
 }
 
 

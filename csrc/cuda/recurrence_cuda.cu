@@ -12,6 +12,7 @@
 
 #include "cuda/recurrence_cuda.h"
 #include "cuda/recurrence_kernel.cuh"
+#include "cuda/resident_layout.h"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
 #include "switches.h"
@@ -57,6 +58,10 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
                     w_hh.data_ptr(), steps.defined() ? steps.data_ptr<int64_t>() : nullptr, nullptr,
                     T, B, H, D, relu, backward};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (cuda::forced_regime() == cuda::ForcedRegime::Resident && buf.scalar_type() == at::kFloat &&
+      cuda::launch_resident(p, cuda::device_info().sms, stream)) {
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
     cuda::launch_recurrence<scalar_t>(p, buf.device(), stream);
   });
@@ -66,7 +71,7 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
 // float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
 // faster than the kernel's per-CTA mat-vec. The half types stay in the kernel, whose fp32 state keeps
 // them as accurate as cuDNN. The FUSED_RNN_CUDA_REGIME switch: gemm forces it (float32/float64
-// only), grid or step rule it out.
+// only), grid or step rule it out, resident rules it out where the resident kernel applies.
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
@@ -74,6 +79,9 @@ bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
     case cuda::ForcedRegime::Gemm: return true;
     case cuda::ForcedRegime::Grid:
     case cuda::ForcedRegime::Step: return false;
+    case cuda::ForcedRegime::Resident:
+      if (st == at::kFloat && H <= resident::kMaxHidden) return false;
+      return B * H * H >= kGemmRecurrenceMinWork;
     default: return B * H * H >= kGemmRecurrenceMinWork;
   }
 }

@@ -20,6 +20,9 @@ struct RecParams;
 // Half/BFloat16 in recurrence_cuda_half.cu (two translation units that compile in parallel).
 template <typename T>
 void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t stream);
+// The SM-resident regime (resident_cuda.cu), float32 only: launches and returns true, or returns
+// false without launching when the call is outside it (packed input, H over its largest shape).
+bool launch_resident(const RecParams& p, int sms, cudaStream_t stream);
 }  // namespace cuda
 
 }  // namespace fused_rnn

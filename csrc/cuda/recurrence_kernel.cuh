@@ -27,6 +27,7 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include "cuda/rec_params.h"
 #include "switches.h"
 
 #include <algorithm>
@@ -39,20 +40,6 @@ namespace cuda {
 
 template <typename T>
 using acc_type = std::conditional_t<std::is_same<T, double>::value, double, float>;
-
-// Everything the kernel reads, filled once per call by recurrence_cuda.cu (element pointers of the
-// contiguous tensors of recurrence.h).
-struct RecParams {
-  void* buf;              // out (forward) or dpre (BPTT)   [N, D*H]  in place
-  const void* y;          // BPTT: forward output            [N, D*H]  (null in the forward)
-  const void* h_in;       // forward: h0, BPTT: ghy          [D, B, H]
-  void* h_out;            // forward: hy, BPTT: dh0          [D, B, H]
-  const void* w;          // w_hh                            [D, H, H]
-  const int64_t* steps;   // packed: device [2(T+1)] = batch[0..T], offset[0..T]; null when uniform
-  void* scratch;          // Grid/Step: acc_t [2 + backward][D][B][H] (set by the launcher)
-  int64_t T, B, H, D;
-  bool relu, backward;
-};
 
 // How one launch splits the work: C CTAs of J units per batch group, NBG batch groups that take
 // the tiles g, g + NBG, ...; directions d0 .. d0 + gridDim.y - 1; processing steps [s0, s1)
@@ -439,14 +426,17 @@ void launch_steps(RecParams p, const DeviceInfo& dev, at::Device device, cudaStr
 
 // The FUSED_RNN_CUDA_REGIME switch (switches.h) forces a regime, so that tests and
 // compute-sanitizer cover every path at small sizes: grid or step skip the faster kernels, gemm
-// takes the per-step GEMM path (chosen in recurrence_cuda.cu, float32/float64 only).
-enum class ForcedRegime { None, Grid, Step, Gemm };
+// takes the per-step GEMM path (chosen in recurrence_cuda.cu, float32/float64 only), resident the
+// SM-resident kernel (resident_cuda.cu: float32, uniform batch, H <= resident::kMaxHidden; other
+// calls take the automatic choice).
+enum class ForcedRegime { None, Grid, Step, Gemm, Resident };
 
 inline ForcedRegime forced_regime() {
   switch (switches::cuda_regime()) {
     case switches::CudaRegime::Grid: return ForcedRegime::Grid;
     case switches::CudaRegime::Step: return ForcedRegime::Step;
     case switches::CudaRegime::Gemm: return ForcedRegime::Gemm;
+    case switches::CudaRegime::Resident: return ForcedRegime::Resident;
     default: return ForcedRegime::None;
   }
 }

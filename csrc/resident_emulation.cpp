@@ -1,0 +1,281 @@
+// CPU emulation of the SM-resident CUDA kernel (cuda/resident_cuda.cu), for tests on machines
+// without a GPU: it runs the kernel's algorithm lane by lane in float64 with the kernel's own
+// thread → data mapping (cuda/resident_layout.h: the plan, the shapes, which rows and k chunks a
+// lane holds, the reduce-scatter's ownership, the state and prefetch-ring indices), so that a
+// mapping error shows up as a wrong result against the reference (tests/test_resident_mapping.py).
+// It also checks what a wrong result might not show: every output written exactly once per step,
+// every (row, k) of M held by exactly one lane, float4 state reads free of bank conflicts.
+//
+//   torch.ops.fused_rnn_emulation.resident(buf, y, h_in, w_hh, relu, backward, sms) -> (buf, h_out)
+//     the arguments of one layer's recurrence (recurrence.h, uniform batch, float64):
+//     buf [T*B, D*H] (pre-activations, or g in BPTT), y [T*B, D*H] (BPTT; else empty),
+//     h_in [D, B, H], w_hh [D, H, H]; sms: the SM count the launch plan assumes.
+//     Returns new tensors: buf after the recurrence (h_t or δ_t) and h_out (hy or dh0).
+//   torch.ops.fused_rnn_emulation.resident_plan(H, B, D, sms) -> [shape, bt, ctas, threads, HK, HJ]
+#include <ATen/ops/full.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "cuda/resident_layout.h"
+
+namespace fused_rnn {
+namespace {
+
+using namespace resident;
+
+// The layout checks that a wrong result might not reveal.
+template <class S>
+void check_mapping(int64_t H) {
+  // Each row group (warp, lane / KL) covers k = 0 .. HK - 1 exactly once over its KL lanes and chunks.
+  for (int warp = 0; warp < S::NW; ++warp) {
+    for (int jl = 0; jl < S::JL; ++jl) {
+      std::vector<int> seen(S::HK, 0);
+      for (int kl = 0; kl < S::KL; ++kl)
+        for (int q = 0; q < S::QN; ++q)
+          for (int e = 0; e < 4; ++e) ++seen.at(4 * S::chunk(jl * S::KL + kl, q) + e);
+      for (int k = 0; k < S::HK; ++k) TORCH_CHECK(seen[k] == 1, "resident mapping: k ", k, " held ", seen[k], " times");
+    }
+  }
+  // Rows 0 .. H - 1 each held by exactly one row group and slot r.
+  std::vector<int> rows(S::HJ, 0);
+  for (int warp = 0; warp < S::NW; ++warp)
+    for (int jl = 0; jl < S::JL; ++jl)
+      for (int r = 0; r < S::R; ++r) ++rows.at(S::row(warp, jl * S::KL, r));
+  for (int64_t j = 0; j < H; ++j) TORCH_CHECK(rows[j] == 1, "resident mapping: row ", j, " held ", rows[j], " times");
+  // A float4 shared-memory load serves a quarter-warp (8 lanes, 128 bytes) per cycle: its lanes
+  // must read the same chunk (a broadcast) or chunks in distinct groups of four banks.
+  for (int q = 0; q < S::QN; ++q) {
+    for (int quarter = 0; quarter < 4; ++quarter) {
+      std::array<int, 8> owner;
+      owner.fill(-1);
+      for (int lane = 8 * quarter; lane < 8 * quarter + 8; ++lane) {
+        const int c = S::chunk(lane, q), group = c % 8;
+        TORCH_CHECK(owner[group] < 0 || owner[group] == c, "resident mapping: bank conflict at q ", q, " lane ", lane);
+        owner[group] = c;
+      }
+    }
+  }
+}
+
+struct Tensors {
+  double* buf;
+  const double* y;
+  const double* h_in;
+  double* h_out;
+  const double* w;
+  int64_t T, B, H, D;
+  bool relu;
+};
+
+// One CTA: batch tile starting at c0, direction d.
+template <class S, int BT, bool Backward>
+void emulate_cta(const Tensors& a, int64_t c0, int d) {
+  constexpr int V = S::R * BT, NF = owned_count<S::KL, V>(), C = chains<V>(), INPUTS = Backward ? 2 : 1;
+  const int64_t T = a.T, B = a.B, ld = a.D * a.H;
+  const int H = static_cast<int>(a.H);
+  const int nb = static_cast<int>(B - c0 < BT ? B - c0 : BT);
+  const bool asc = (d == 1) == Backward;
+  const double* wg = a.w + int64_t(d) * H * H;
+  const double* h_in = a.h_in + int64_t(d) * B * H;
+  double* h_out = a.h_out + int64_t(d) * B * H;
+
+  // Registers: w[tid][r][k], the kernel's w[r][4q + e].
+  std::vector<double> wreg(size_t(S::NT) * S::R * S::KPT);
+  auto W = [&](int tid, int r, int kk) -> double& { return wreg[(size_t(tid) * S::R + r) * S::KPT + kk]; };
+  for (int tid = 0; tid < S::NT; ++tid) {
+    const int warp = tid / kWarp, lane = tid % kWarp;
+    for (int r = 0; r < S::R; ++r) {
+      const int j = S::row(warp, lane, r);
+      for (int q = 0; q < S::QN; ++q)
+        for (int e = 0; e < 4; ++e) {
+          const int k = 4 * S::chunk(lane, q) + e;
+          W(tid, r, 4 * q + e) = j < H && k < H ? (Backward ? wg[int64_t(k) * H + j] : wg[int64_t(j) * H + k]) : 0.;
+        }
+    }
+  }
+  auto element = [&](int64_t step, int b, int j) {
+    const int64_t t = asc ? step : T - 1 - step;
+    return (t * B + c0 + b) * ld + int64_t(d) * H + j;
+  };
+  // Owned (j, b) of each thread's value i, or j = -1 where it writes nothing.
+  auto owned = [&](int tid, int i, int& j, int& b) {
+    const int warp = tid / kWarp, lane = tid % kWarp, kl = lane % S::KL;
+    const int v = owned_value<S::KL, V>(kl, i);
+    j = S::row(warp, lane, v / BT);
+    b = v % BT;
+    if (!writes_outputs<S::KL, V>(kl) || j >= H || b >= nb) j = -1;
+  };
+
+  std::vector<double> state(state_words<S, BT>(), 0.);
+  std::vector<double> ring(size_t(kRing) * INPUTS * NF * S::NT, std::nan(""));
+  if (!Backward) {
+    for (int b = 0; b < nb; ++b)
+      for (int k = 0; k < H; ++k) state[state_index(S::HK, BT, 0, b, k)] = h_in[(c0 + b) * H + k];
+  }
+  auto issue = [&](int64_t step) {
+    if (step >= T) return;
+    for (int tid = 0; tid < S::NT; ++tid)
+      for (int i = 0; i < NF; ++i) {
+        int j, b;
+        owned(tid, i, j, b);
+        if (j < 0) continue;
+        const int64_t e = element(step, b, j);
+        ring[ring_index(S::NT, INPUTS, NF, step, 0, i, tid)] = a.buf[e];
+        if (Backward) ring[ring_index(S::NT, INPUTS, NF, step, 1, i, tid)] = a.y[e];
+      }
+  };
+  // The partial sums of every lane of a warp, then the reduce-scatter across its lanes.
+  std::vector<std::array<double, V>> vals(kWarp);
+  auto warp_matvec = [&](int warp, int64_t step) {
+    const double* st = state.data() + state_index(S::HK, BT, step, 0, 0);
+    for (int lane = 0; lane < kWarp; ++lane) {
+      const int tid = warp * kWarp + lane;
+      std::array<std::array<double, V>, C> acc{};
+      for (int q = 0; q < S::QN; ++q)
+        for (int b = 0; b < BT; ++b) {
+          const double* x = st + b * S::HK + 4 * S::chunk(lane, q);
+          for (int r = 0; r < S::R; ++r)
+            for (int e = 0; e < 4; ++e) acc[q % C][r * BT + b] += W(tid, r, 4 * q + e) * x[e];
+        }
+      for (int i = 0; i < V; ++i) {
+        double sum = acc[0][i];
+        for (int c = 1; c < C; ++c) sum += acc[c][i];
+        vals[lane][i] = sum;
+      }
+    }
+    int n = V;
+    for (int m = 1; m < S::KL; m <<= 1) {
+      const std::vector<std::array<double, V>> before = vals;
+      for (int lane = 0; lane < kWarp; ++lane) {
+        const int partner = lane ^ m;
+        if (n >= 2) {
+          const int half = n / 2;
+          const bool upper = (lane & m) != 0, partner_upper = (partner & m) != 0;
+          for (int i = 0; i < half; ++i) {
+            const double keep = upper ? before[lane][half + i] : before[lane][i];
+            const double got = partner_upper ? before[partner][i] : before[partner][half + i];
+            vals[lane][i] = keep + got;
+          }
+        } else {
+          vals[lane][0] = before[lane][0] + before[partner][0];
+        }
+      }
+      if (n >= 2) n /= 2;
+    }
+  };
+
+  for (int64_t s = 0; s < kPrefetch; ++s) issue(s);
+  std::vector<int> writes(static_cast<size_t>(BT) * H);
+  for (int64_t s = 0; s < T; ++s) {
+    issue(s + kPrefetch);
+    std::fill(writes.begin(), writes.end(), 0);
+    for (int warp = 0; warp < S::NW; ++warp) {
+      warp_matvec(warp, s);
+      for (int lane = 0; lane < kWarp; ++lane) {
+        const int tid = warp * kWarp + lane;
+        for (int i = 0; i < NF; ++i) {
+          int j, b;
+          owned(tid, i, j, b);
+          if (j < 0) continue;
+          ++writes[size_t(b) * H + j];
+          const double in = ring[ring_index(S::NT, INPUTS, NF, s, 0, i, tid)];
+          double v;
+          if (!Backward) {
+            v = a.relu ? (in + vals[lane][i] < 0. ? 0. : in + vals[lane][i]) : std::tanh(in + vals[lane][i]);
+            if (s == T - 1) h_out[(c0 + b) * H + j] = v;
+          } else {
+            const double y = ring[ring_index(S::NT, INPUTS, NF, s, 1, i, tid)];
+            const double g = in + (s == 0 ? h_in[(c0 + b) * H + j] : vals[lane][i]);
+            v = a.relu ? (y <= 0. ? 0. : g) : g * (1. - y * y);
+          }
+          a.buf[element(s, b, j)] = v;
+          state[state_index(S::HK, BT, s + 1, b, j)] = v;
+        }
+      }
+    }
+    for (int b = 0; b < nb; ++b)
+      for (int j = 0; j < H; ++j)
+        TORCH_CHECK(writes[size_t(b) * H + j] == 1, "resident emulation: output (b ", b, ", j ", j, ") written ",
+                    writes[size_t(b) * H + j], " times at step ", s);
+  }
+  if (Backward) {
+    for (int warp = 0; warp < S::NW; ++warp) {
+      warp_matvec(warp, T);
+      for (int lane = 0; lane < kWarp; ++lane)
+        for (int i = 0; i < NF; ++i) {
+          int j, b;
+          owned(warp * kWarp + lane, i, j, b);
+          if (j >= 0) h_out[(c0 + b) * H + j] = vals[lane][i];
+        }
+    }
+  }
+}
+
+at::Tensor checked(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble && t.device().is_cpu(), "resident emulation: ", name,
+              " must be a float64 CPU tensor");
+  return t.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> emulate_resident(const at::Tensor& buf_in, const at::Tensor& y_in,
+                                                    const at::Tensor& h_in_in, const at::Tensor& w_in, bool relu,
+                                                    bool backward, int64_t sms) {
+  const at::Tensor buf = checked(buf_in, "buf").clone(), h_in = checked(h_in_in, "h_in"), w = checked(w_in, "w_hh");
+  TORCH_CHECK(h_in.dim() == 3 && w.dim() == 3 && buf.dim() == 2, "resident emulation: buf [T*B, D*H], h_in [D, B, H], w_hh [D, H, H]");
+  const int64_t D = w.size(0), H = w.size(2), B = h_in.size(1);
+  TORCH_CHECK(B > 0 && H > 0 && buf.size(0) % B == 0 && buf.size(1) == D * H, "resident emulation: inconsistent shapes");
+  const at::Tensor y = backward ? checked(y_in, "y") : at::Tensor();
+  TORCH_CHECK(!backward || y.sizes() == buf.sizes(), "resident emulation: y must have buf's shape");
+  const at::Tensor h_out = at::full({D, B, H}, std::nan(""), h_in.options());
+  const Plan p = plan(H, B, D, static_cast<int>(sms));
+  TORCH_CHECK(p.shape >= 0, "resident emulation: H = ", H, " is over the regime's largest shape (", kMaxHidden, ")");
+  const Tensors a{buf.data_ptr<double>(), backward ? y.data_ptr<double>() : nullptr, h_in.data_ptr<double>(),
+                  h_out.data_ptr<double>(), w.data_ptr<double>(), buf.size(0) / B, B, H, D, relu};
+  with_shape(p.shape, [&](auto shape) {
+    using S = decltype(shape);
+    check_mapping<S>(H);
+    with_batch_tile(p.bt, [&](auto btc) {
+      constexpr int BT = decltype(btc)::value;
+      if constexpr (BT <= S::MaxBT) {
+        for (int d = 0; d < D; ++d)
+          for (int64_t c0 = 0; c0 < B; c0 += BT) {
+            if (backward) {
+              emulate_cta<S, BT, true>(a, c0, d);
+            } else {
+              emulate_cta<S, BT, false>(a, c0, d);
+            }
+          }
+      } else {
+        TORCH_CHECK(false, "resident plan: batch tile ", p.bt, " over the shape's MaxBT ", S::MaxBT);
+      }
+    });
+  });
+  return {buf, h_out};
+}
+
+std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms) {
+  const Plan p = plan(H, B, D, static_cast<int>(sms));
+  std::vector<int64_t> out{p.shape, p.bt, p.ctas, 0, 0, 0};
+  if (p.shape >= 0) {
+    with_shape(p.shape, [&](auto shape) {
+      using S = decltype(shape);
+      out[3] = S::NT;
+      out[4] = S::HK;
+      out[5] = S::HJ;
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fused_rnn_emulation, m) {
+  m.def("resident(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, int sms) -> (Tensor, Tensor)");
+  m.def("resident_plan(int H, int B, int D, int sms) -> int[]", TORCH_FN(resident_plan));
+  m.impl("resident", c10::DispatchKey::CPU, TORCH_FN(emulate_resident));
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,115 @@
+"""The SM-resident CUDA kernel's thread → data mapping, checked without a GPU.
+
+torch.ops.fused_rnn_emulation.resident runs the kernel's algorithm lane by lane in float64 on the
+CPU with the kernel's own layout functions (csrc/cuda/resident_layout.h: launch plan, shapes, rows
+and k chunks per lane, reduce-scatter ownership, state and prefetch-ring indices). A wrong index
+there gives a wrong recurrence here, against a plain float64 loop; the emulation also raises if an
+output is written other than exactly once per step, if a (row, k) of W_hh is held by other than
+one lane, or if a float4 state read would have a shared-memory bank conflict.
+"""
+import pytest
+import torch
+
+import fused_rnn  # noqa: F401  (loads the library that registers the emulation ops)
+
+emulation = torch.ops.fused_rnn_emulation
+
+H200_SMS = 132
+
+
+def reference(buf, y, h_in, w, relu, backward):
+    """One layer's recurrence of recurrence.h in float64: buf [T*B, D*H], h_in [D, B, H], w [D, H, H]."""
+    D, B, H = h_in.shape
+    T = buf.shape[0] // B
+    x = buf.view(T, B, D, H)
+    out = torch.empty_like(x)
+    h_out = torch.empty_like(h_in)
+    for d in range(D):
+        ascending = (d == 1) == backward
+        order = range(T) if ascending else range(T - 1, -1, -1)
+        if not backward:
+            h = h_in[d]
+            for t in order:
+                z = x[t, :, d] + h @ w[d].T
+                h = torch.relu(z) if relu else torch.tanh(z)
+                out[t, :, d] = h
+            h_out[d] = h
+        else:
+            yy = y.view(T, B, D, H)[:, :, d]
+            delta = None
+            for t in order:
+                g = x[t, :, d] + (h_in[d] if delta is None else delta @ w[d])
+                delta = torch.where(yy[t] <= 0, 0.0, g) if relu else g * (1 - yy[t] ** 2)
+                out[t, :, d] = delta
+            h_out[d] = delta @ w[d]
+    return out.view(T * B, D * H), h_out
+
+
+def inputs(T, B, H, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    buf = r(T * B, D * H)
+    y = torch.tanh(r(T * B, D * H))
+    h_in = r(D, B, H) * 0.5
+    w = r(D, H, H) / H**0.5
+    return buf, y, h_in, w
+
+
+CASES = [
+    # (T, B, H, D, sms): every shape (H up to 32, 64, 128, 192), odd sizes, sizes just past a
+    # shape's capacity, every batch tile (few SMs force the larger tiles), both directions
+    (4, 1, 1, 1, H200_SMS),
+    (3, 3, 7, 2, H200_SMS),
+    (5, 2, 20, 1, 1),
+    (3, 9, 32, 1, 2),
+    (4, 5, 33, 2, H200_SMS),
+    (3, 17, 64, 1, 4),
+    (3, 2, 65, 1, H200_SMS),
+    (2, 11, 100, 2, 3),
+    (3, 3, 128, 1, H200_SMS),
+    (2, 9, 128, 1, 1),
+    (2, 1, 129, 1, H200_SMS),
+    (2, 5, 192, 2, 2),
+    (1, 1, 160, 1, H200_SMS),
+]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "bptt"])
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+@pytest.mark.parametrize("T,B,H,D,sms", CASES, ids=[f"T{c[0]}B{c[1]}H{c[2]}D{c[3]}sms{c[4]}" for c in CASES])
+def test_emulation_matches_reference(T, B, H, D, sms, relu, backward):
+    buf, y, h_in, w = inputs(T, B, H, D, seed=T * 1000 + B * 100 + H + D)
+    out, h_out = emulation.resident(buf, y, h_in, w, relu, backward, sms)
+    ref_out, ref_h = reference(buf, y, h_in, w, relu, backward)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_out, ref_h, rtol=1e-12, atol=1e-12)
+
+
+def test_emulation_leaves_its_inputs_alone():
+    buf, y, h_in, w = inputs(3, 2, 16, 1, seed=1)
+    before = buf.clone()
+    emulation.resident(buf, y, h_in, w, False, False, H200_SMS)
+    assert torch.equal(buf, before)
+
+
+def test_emulation_refuses_hidden_sizes_over_the_regime():
+    buf, y, h_in, w = inputs(2, 1, 193, 1, seed=2)
+    with pytest.raises(RuntimeError, match="over the regime's largest shape"):
+        emulation.resident(buf, y, h_in, w, False, False, H200_SMS)
+
+
+@pytest.mark.parametrize(
+    "H,B,D,sms,expected",
+    [
+        # [shape, batch tile, CTAs, threads per CTA, k capacity, row capacity]
+        (20, 1, 1, H200_SMS, [0, 1, 1, 128, 32, 32]),
+        (64, 64, 1, H200_SMS, [1, 1, 64, 256, 64, 64]),  # one CTA per sequence: 64 SMs busy
+        (64, 64, 2, 64, [1, 2, 64, 256, 64, 64]),  # the tile grows only when the SMs run out
+        (128, 256, 1, H200_SMS, [2, 2, 128, 512, 128, 128]),
+        (128, 4096, 1, H200_SMS, [2, 8, 512, 512, 128, 128]),  # past 8 rows a tile: waves
+        (192, 1000, 1, H200_SMS, [3, 2, 500, 384, 192, 192]),  # H <= 192 tiles at most 2 rows
+        (193, 1, 1, H200_SMS, [-1, 0, 0, 0, 0, 0]),
+    ],
+)
+def test_launch_plan(H, B, D, sms, expected):
+    assert list(emulation.resident_plan(H, B, D, sms)) == expected
