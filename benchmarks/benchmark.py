@@ -134,7 +134,7 @@ def environment(args, device):
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=torch.cuda.get_device_name(0), gpu_sms=props.multi_processor_count,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   tf32=args.tf32, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                   tf32=args.tf32, cuda_regime=args.cuda_regime, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     try:
         import onnxruntime
@@ -293,11 +293,13 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     tol = TOLERANCE["bfloat16" if base_dtype != dtype else tol_key]
     check = {"tolerance": tol}
     errors = {}
+    regime = ""
     # --- correctness: forward output and h_n, then (if timed) every gradient -------------------
     with torch.no_grad():
         y_ref, h_ref = base(x_base)
         try:
             y, h = fused_mod(x)
+            regime = fused_rnn._C.last_cuda_regime() if device == "cuda" else ""
             check["fwd_output"] = max_rel_diff(y, y_ref)
             check["fwd_h_n"] = max_rel_diff(h, h_ref)
         except Exception as e:  # noqa: BLE001  (a missing kernel is a result, not a crash)
@@ -376,7 +378,7 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
                 speed["vs_onnxruntime"] = res["onnxruntime"]["median_s"] / res["fused"]["median_s"]
         rows.append({"shape": asdict(shape), "label": shape.label(), "mode": mode, "dtype": dtype_name,
                      "baseline_dtype": str(base_dtype).replace("torch.", ""), "flop": flop,
-                     "impls": impls, "speedup": speed, "check": check, "notes": notes})
+                     "impls": impls, "speedup": speed, "check": check, "notes": notes, "fused_regime": regime})
     return rows
 
 
@@ -394,7 +396,8 @@ def header_lines(env):
              f"onnxruntime {env['onnxruntime'] or 'not installed'}",
              f"- dtype {', '.join(env['dtypes'])}; TF32 "
              + (f"{env['tf32']} (cudnn.allow_tf32={env['cudnn_allow_tf32']}, "
-                f"cuda.matmul.allow_tf32={env['matmul_allow_tf32']})" if env["device"] == "cuda" else "n/a (CPU)"),
+                f"cuda.matmul.allow_tf32={env['matmul_allow_tf32']}); fused regime forced: "
+                f"{env.get('cuda_regime', 'auto')}" if env["device"] == "cuda" else "n/a (CPU)"),
              "- Method: correctness check, warm-up, interleaved samples (nn.RNN / fused / ORT), median; "
              + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter")
              + "; fwd under torch.no_grad(), fwd+bwd = forward + (output.sum()+h_n.sum()).backward(), "
@@ -414,6 +417,7 @@ def fmt(v, spec):
 def table_lines(rows, multi_dtype):
     has_ort = any("onnxruntime" in r["impls"] for r in rows)
     cols = (["B", "T", "I", "H", "L", "dir"] + (["dtype"] if multi_dtype else []) + ["mode"]
+            + (["fused regime"] if any(r.get("fused_regime") for r in rows) else [])
             + ["nn.RNN µs/step", "fused µs/step"] + (["ORT µs/step"] if has_ort else [])
             + ["nn.RNN GFLOP/s", "fused GFLOP/s", "speedup"] + (["vs ORT"] if has_ort else [])
             + ["max rel diff"])
@@ -434,8 +438,9 @@ def table_lines(rows, multi_dtype):
         cells = ([s["B"], s["T"], s["I"], s["H"], s["L"], "bi" if s["bidir"] else "uni"]
                  + ([r["dtype"] + ("" if r["baseline_dtype"] == r["dtype"] else f" (nn.RNN {r['baseline_dtype']})")]
                     if multi_dtype else [])
-                 + ["fwd" if r["mode"] == "fwd" else "fwd+bwd",
-                    get("nn.RNN", "us_per_step", ".2f"), get("fused", "us_per_step", ".2f")]
+                 + ["fwd" if r["mode"] == "fwd" else "fwd+bwd"]
+                 + ([r.get("fused_regime") or "—"] if "fused regime" in cols else [])
+                 + [get("nn.RNN", "us_per_step", ".2f"), get("fused", "us_per_step", ".2f")]
                  + ([get("onnxruntime", "us_per_step", ".2f")] if has_ort else [])
                  + [get("nn.RNN", "gflops", ".3g"), get("fused", "gflops", ".3g"),
                     fmt(sp.get("vs_nn.RNN"), ".2f") + ("×" if "vs_nn.RNN" in sp else "")]
@@ -528,6 +533,9 @@ def main(argv=None):
     p.add_argument("--tf32", choices=["on", "off"], default="off",
                    help="CUDA: torch.backends.cudnn.allow_tf32 and cuda.matmul.allow_tf32 (default off: "
                         "true fp32 for both nn.RNN and fused)")
+    p.add_argument("--cuda-regime", choices=["auto", "grid", "step", "gemm", "resident"], default="auto",
+                   help="CUDA: forces a fused regime (FUSED_RNN_CUDA_REGIME, through fused_rnn._C.set_switch); "
+                        "the table's 'fused regime' column names the one the forward took")
     p.add_argument("--shapes", type=parse_shapes, default=None,
                    help='override the sweep: "B,T,I,H[,L[,bidir]] ..." e.g. "1,1000,10,20 16,128,64,128,2,T"')
     p.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd,fwdbwd")
@@ -555,6 +563,7 @@ def main(argv=None):
             p.error("--device cuda: torch sees no GPU")
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
         torch.backends.cudnn.benchmark = False
+        fused_rnn._C.set_switch("FUSED_RNN_CUDA_REGIME", args.cuda_regime)
         if not fused_rnn.cuda_available():
             print("note: this fused_rnn build has no CUDA kernels; fused rows will show 'error'", file=sys.stderr)
     else:

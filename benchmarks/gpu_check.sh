@@ -4,6 +4,7 @@
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
+#   3c. the SM-resident regime forced beside the default one (A/B), TF32 off and on
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
 #   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
@@ -81,6 +82,17 @@ stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
 stage bench_tf32_fp16 90 "benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on" \
   "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on --out "$WORK/bench_tf32_fp16"
 
+# 3c. the SM-resident regime (opt-in until a run of this check passes its tests): the same float32
+#     shapes forced to it and in the default regime (an A/B on this card), TF32 off, then on
+RESIDENT_SHAPES="1,128,32,32 1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
+256,128,128,128 1,128,192,192 64,128,192,192 256,128,192,192 16,128,64,128,2,T"
+for run in "resident off" "auto off" "resident on"; do
+  set -- $run
+  stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 192" \
+    "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 "$2" --cuda-regime "$1" \
+    --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
+done
+
 # 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
 SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
 for tool in memcheck racecheck; do
@@ -95,6 +107,9 @@ for tool in memcheck racecheck; do
     stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
       "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py
   fi
+  stage "${tool}_resident" 60 "kernel filter kns=resident_kernel, float32" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_kernel "$PY" benchmarks/gpu_sanitize.py \
+    resident float32
 done
 
 # 4b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes

@@ -97,7 +97,7 @@ def main():
     env = environment()
     st = stages(work)
     tr = tests(work)
-    san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck")}
+    san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
     bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
     bench_md, bench = {}, {}

@@ -2,8 +2,9 @@
 
     compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...] [REGIME ...]
 
-DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm) arguments limit the run to
-those dtypes / regimes (default: all).
+DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm, resident) arguments limit the
+run to those dtypes / regimes (default: all). The resident regime takes unpacked float32 input only
+(other runs fall back to the automatic choice, as the printed regime shows), so it runs unpacked.
 
 The FUSED_RNN_CUDA_REGIME switch (set through fused_rnn._C.set_switch) forces the cooperative (grid)
 and per-step (step) kernels, or the per-step GEMM path, at small sizes; each configuration also
@@ -21,7 +22,7 @@ def main() -> int:
     assert torch.cuda.is_available() and fused_rnn.cuda_available(), "needs a GPU and a CUDA build"
     torch.manual_seed(0)
     failures = 0
-    regimes = ("auto", "grid", "step", "gemm")  # gemm: float32/float64 only
+    regimes = ("auto", "grid", "step", "gemm", "resident")  # gemm: float32/float64 only; resident: float32
     dtypes = ("float32", "bfloat16", "float64")
     only_regimes = [a for a in sys.argv[1:] if a in regimes] or regimes
     only_dtypes = [a for a in sys.argv[1:] if a in dtypes] or dtypes
@@ -37,8 +38,10 @@ def main() -> int:
             for dev in ("cpu", "cuda"):
                 m = rnn.to(dev)
                 xd = x.to(dev).detach().requires_grad_()  # a fresh leaf per device
-                packed = torch.nn.utils.rnn.pack_padded_sequence(xd, lengths, enforce_sorted=False)
-                out, hn = m(packed)
+                if regime == "resident":
+                    out, hn = m(xd)
+                else:
+                    out, hn = m(torch.nn.utils.rnn.pack_padded_sequence(xd, lengths, enforce_sorted=False))
                 (out.data.float().square().sum() + hn.float().sum()).backward()
                 results.append([out.data, hn, xd.grad] + [p.grad for p in m.parameters()])
                 m.zero_grad(set_to_none=True)
@@ -48,7 +51,7 @@ def main() -> int:
                         for g, c in zip(*results))
             ok = worst <= tol
             failures += not ok
-            print(f"regime={regime:5s} (ran {fused_rnn._C.last_cuda_regime():6s}) dtype={str(dtype):15s} H={H:3d} "
+            print(f"regime={regime:8s} (ran {fused_rnn._C.last_cuda_regime():8s}) dtype={str(dtype):15s} H={H:3d} "
                   f"max rel. diff vs CPU {worst:.2e} {'ok' if ok else 'MISMATCH'}")
     return 1 if failures else 0
 

@@ -196,6 +196,41 @@ def test_forced_regimes(regime, dtype, B, switch):
     assert ran == ("single" if regime == "gemm" and dtype == torch.bfloat16 else regime)
 
 
+# The SM-resident regime (csrc/cuda/resident_cuda.cu), forced: every shape of resident_layout.h
+# (H up to 32, 64, 128, 192), sizes just past a shape's capacity, batch tiles of 1, 2 and 8 rows on a
+# 132-SM GPU (B = 300 with two directions: 2 rows; B = 5000: 8 rows in waves), long sequences
+# (the prefetch ring wraps many times).
+RESIDENT_CASES = [(1, 1, 6), (7, 5, 6), (32, 3, 6), (33, 64, 6), (64, 300, 5), (65, 2, 6), (100, 9, 300),
+                  (128, 1, 6), (129, 17, 6), (192, 300, 4), (160, 5000, 3)]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("H,B,T", RESIDENT_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_CASES])
+def test_resident_regime(H, B, T, nonlinearity, switch):
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
+    assert ran == "resident"
+
+
+@pytest.mark.parametrize("case", ["no_hx", "no_bias", "batch_first", "one_step"])
+def test_resident_regime_options(case, switch):
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    kw = {"no_hx": dict(hx=False), "no_bias": dict(bias=False), "batch_first": dict(batch_first=True),
+          "one_step": dict(T=1)}[case]
+    assert compare(**{"H": 50, "B": 4, **kw}) == "resident"
+
+
+@pytest.mark.parametrize("dtype,H,packed,expected", [
+    (torch.float32, 40, "unsorted", "single"),  # packed input: the general kernels
+    (torch.float32, 193, None, "single"),  # over the largest resident shape
+    (torch.float64, 40, None, "single"),  # float32 only
+    (torch.bfloat16, 40, None, "single"),
+])
+def test_resident_regime_falls_back(dtype, H, packed, expected, switch):
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    assert compare(dtype=dtype, H=H, B=5, packed=packed, bidirectional=True) == expected
+
+
 def test_step_fallback_huge_hidden():
     """H = 8192: W_hh fits neither one CTA nor a co-resident grid, so the kernel path runs the per-step
     kernel (B = 1). From B = 2 B·H² reaches kGemmRecurrenceMinWork and float32 takes the per-step
@@ -220,7 +255,7 @@ def test_dropout_mask_matches_cpu():
         torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("step", 100), ("gemm", 100)])
+@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("step", 100), ("gemm", 100), ("resident", 100)])
 def test_deterministic(regime, H, switch):
     switch("FUSED_RNN_CUDA_REGIME", regime)
     torch.manual_seed(3)
@@ -237,7 +272,7 @@ def test_deterministic(regime, H, switch):
             assert (value is None and again[name] is None) or torch.equal(value, again[name]), name
 
 
-@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("gemm", 64)])
+@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("gemm", 64), ("resident", 64)])
 def test_cuda_graph_capture_and_replay(regime, H, switch):
     switch("FUSED_RNN_CUDA_REGIME", regime)
     _, _, fused = modules(torch.float32, 5, H, num_layers=2, bidirectional=True)
@@ -281,7 +316,8 @@ def test_autocast_runs_in_float16():
     assert_within_baseline(f, b, r, torch.float16)
 
 
-@pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33), ("gemm", 33)])
+@pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33), ("gemm", 33),
+                                      ("resident", 33)])
 def test_poisoned_buffers_are_overwritten(regime, H, switch):
     """Every torch.empty (inside the ops too) is NaN-filled: an unwritten element shows up as NaN."""
     switch("FUSED_RNN_CUDA_REGIME", regime)
