@@ -5,6 +5,7 @@
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
 #   3c. the SM-resident regime forced beside the default one (A/B), TF32 off and on
+#   3d. the generation row (benchmarks/generation.py), default and resident regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
 #   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
@@ -91,6 +92,14 @@ for run in "resident off" "auto off" "resident on"; do
   stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 192" \
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 "$2" --cuda-regime "$1" \
     --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
+done
+
+# 3d. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
+#     (the row), then H = 128 in the default and the resident regime (which holds H <= 192)
+for run in "auto 256" "auto 128" "resident 128"; do
+  set -- $run
+  stage "generation_$1_h$2" 60 "benchmarks/generation.py --cuda-regime $1 --hidden $2" \
+    "$PY" benchmarks/generation.py --cuda-regime "$1" --hidden "$2" --out "$WORK/generation_$1_h$2.md"
 done
 
 # 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)

@@ -133,6 +133,9 @@ def main():
         lines += ncu
     for d, md in bench_md.items():
         lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
+    for name in sorted(f for f in os.listdir(work) if f.startswith("generation_") and f.endswith(".md")):
+        lines += ["", f"## `{name[:-3]}` (benchmarks/generation.py)", "",
+                  open(os.path.join(work, name)).read().replace("# Generation row", "Generation row", 1)]
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(json_path, "w") as f:
