@@ -9,7 +9,10 @@ mbarrier SYNCS* and cluster barrier UCGABAR*). The hot loop is
 the backward branch's body with the most FMAs/MMAs: the mat-vec's inner loop. Its LDS per FMA is
 the figure a register-resident W_hh would bring to ~0.
 
-    python benchmarks/sass_report.py [--so PATH] [--arch sm_90] [--out REPORT.md]
+    python benchmarks/sass_report.py [--so PATH] [--arch sm_90] [--out REPORT.md] [--check]
+
+--check also fails (exit 1) unless the step loop of every SM-resident kernel issues what its layout
+predicts: the mat-vec's FMAs, one barrier, the reduce-scatter's shuffles and no local memory.
 
 cuobjdump comes with the CUDA toolkit, or with the triton that torch installs
 (triton/backends/nvidia/bin) or pip's nvidia-cuda-cuobjdump.
@@ -99,11 +102,45 @@ def hot_loop(instructions):
     return best or collections.Counter()
 
 
+def resident_expectations(name):
+    """What the step loop of a resident_kernel<Shape<KL, KPT, R, NW, MaxBT>, BT, Backward> must issue
+    per lane (resident_layout.h), or None for other kernels: at least R·KPT·BT FMAs (the mat-vec),
+    exactly one barrier, the reduce-scatter's shuffles (a stage that halves n values sends n/2, an
+    all-reduce stage 1), no local memory."""
+    m = re.search(r"resident_kernel<Shape<(\d+), (\d+), (\d+), \d+, \d+>, (\d+),", name)
+    if not m:
+        return None
+    kl, kpt, r, bt = map(int, m.groups())
+    n, shuffles, mask = r * bt, 0, 1
+    while mask < kl:
+        shuffles += n // 2 if n >= 2 else 1
+        n = n // 2 if n >= 2 else n
+        mask *= 2
+    return {"min_fma": r * kpt * bt, "BAR": 1, "SHFL": shuffles, "LDL/STL": 0}
+
+
+def check(name, loop):
+    """Broken expectations of one kernel's hot loop, as text (empty: it meets them or has none)."""
+    want = resident_expectations(name)
+    if want is None:
+        return []
+    bad = []
+    if loop["FMA"] < want["min_fma"]:
+        bad.append(f"{loop['FMA']} FMA < {want['min_fma']} (the mat-vec is not all in the step loop)")
+    for column in ("BAR", "SHFL", "LDL/STL"):
+        if loop[column] != want[column]:
+            bad.append(f"{loop[column]} {column}, expected {want[column]}")
+    return bad
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--so", default=None, help="the extension to read (default: the installed fused_rnn._C)")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--out", default=None, help="also write the report to this Markdown file")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless every resident kernel's step loop issues what its layout predicts "
+                        "(FMAs, one barrier, the reduce-scatter's shuffles, no local memory)")
     args = p.parse_args()
     so = args.so
     if so is None:
@@ -120,16 +157,25 @@ def main():
     cols = ["instructions", "FMA", "MMA", "LDS", "STS", "LDG", "STG", "LDL/STL", "BAR", "SHFL", "grid/cluster sync"]
     lines = [f"SASS of {os.path.basename(so)} for {args.arch} (cuobjdump -sass).", "",
              "| kernel | part | " + " | ".join(cols) + " | LDS per FMA |", "|---|---|" + "---|" * (len(cols) + 1)]
+    failures, checked = [], 0
     for mangled in sorted(funcs, key=lambda n: names[n]):
-        for part, c in (("whole", counts(funcs[mangled])), ("hot loop", hot_loop(funcs[mangled]))):
+        loop = hot_loop(funcs[mangled])
+        for part, c in (("whole", counts(funcs[mangled])), ("hot loop", loop)):
             fma = c["FMA"] + c["MMA"]
             ratio = f"{c['LDS'] / fma:.2f}" if fma else "—"
             lines.append(f"| {short(names[mangled])} | {part} | " + " | ".join(str(c[k]) for k in cols) + f" | {ratio} |")
+        checked += resident_expectations(short(names[mangled])) is not None
+        failures += [f"{short(names[mangled])}: {b}" for b in check(short(names[mangled]), loop)]
+    if args.check:
+        lines += ["", f"Step-loop check: {checked} resident kernels, {len(failures)} findings"]
+        lines += [f"- {f}" for f in failures]
     text = "\n".join(lines)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+    if args.check and (failures or not checked):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,53 @@ def test_baseline_cpu_build_has_no_avx2_instructions():
     # The pattern does find AVX2 code where it is meant to be (so the check above can fail).
     avx2 = _functions_of("fused_rnn::cpu::avx2::")
     assert any(AVX2_INSTRUCTION.search(l) for body in avx2.values() for l in body)
+
+
+def _sass_report():
+    """benchmarks/sass_report.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location("sass_report", os.path.join(bench, "sass_report.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    return module
+
+
+@pytest.mark.skipif(not fused_rnn.cuda_available(), reason="built without the CUDA kernels (FUSED_RNN_CUDA=1)")
+def test_resident_step_loops_issue_what_the_layout_predicts():
+    """The SASS of every SM-resident kernel (no GPU needed): its step loop holds the whole mat-vec
+    (R·KPT·BT FMAs), one barrier, the reduce-scatter's shuffles and no local-memory traffic."""
+    sass_report = _sass_report()
+    tool = sass_report.find_cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit, or the copy in triton/backends/nvidia/bin)")
+    out = subprocess.run([tool, "-sass", "-arch", "sm_90", fused_rnn._C.__file__], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    funcs = sass_report.functions(out.stdout)
+    names = sass_report.demangle(list(funcs))
+    resident = {sass_report.short(names[m]): f for m, f in funcs.items() if "resident_kernel" in names[m]}
+    assert len(resident) >= 28, sorted(resident)
+    findings = {n: sass_report.check(n, sass_report.hot_loop(f)) for n, f in resident.items()}
+    assert not any(findings.values()), {n: f for n, f in findings.items() if f}
+
+
+def test_sass_check_rules_can_fail():
+    """The expectations the SASS test applies, on made-up loop counts: a loop that spills, has two
+    barriers or lacks the mat-vec's FMAs is refused."""
+    import collections
+
+    check = _sass_report().check
+    name = "resident_kernel<Shape<4, 32, 1, 16, 8>, 8, false>"  # R·KPT·BT = 256 FMAs, 4 + 2 shuffles
+    good = collections.Counter({"FMA": 270, "BAR": 1, "SHFL": 6})
+    assert check(name, good) == []
+    assert check(name, good + collections.Counter({"LDL/STL": 2}))
+    assert check(name, good + collections.Counter({"BAR": 1}))
+    assert check(name, good - collections.Counter({"FMA": 100}))
+    assert check("recurrence_kernel<float, 8, Grid>", collections.Counter()) == []
