@@ -62,10 +62,19 @@ struct M16N8K8 {  // tf32 operands
 FUSED_RNN_HD int c_row(int lane, int i) { return lane / 4 + 8 * (i / 2); }
 FUSED_RNN_HD int c_col(int lane, int i) { return 2 * (lane % 4) + i % 2; }
 
-// Independent accumulator chains per warp: k tile kt accumulates into chain kt % chains.
+// Independent accumulator chains per warp: k tile kt accumulates into chain kt % chains. Four keep
+// a step's dependent mma chain at KT / 4; the largest tile count (64 A registers a lane at 512
+// threads) keeps two, which its registers allow without spilling (ptxas gate).
 template <int KT>
 constexpr int chains() {
-  return KT < 4 ? KT : 4;
+  return KT < 4 ? KT : (KT >= 16 ? 2 : 4);
+}
+
+// Register sets of prefetched step inputs: the loads of step s + sets - 1 are issued at step s.
+// Three (two steps ahead) where registers allow; the largest tile count keeps two.
+template <int KT>
+constexpr int prefetch_sets() {
+  return KT >= 16 ? 2 : 3;
 }
 
 // The state (the B operand, rounded to the operand type) in shared memory: [2][kBatchTile][words]

@@ -23,6 +23,10 @@ void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t strea
 // The SM-resident regime (resident_cuda.cu), float32 only: launches and returns true, or returns
 // false without launching when the call is outside it (packed input, H over its largest shape).
 bool launch_resident(const RecParams& p, int sms, cudaStream_t stream);
+// The tensor-core resident regime (resident_mma_cuda.cu): float16 and bfloat16, and float32 on TF32
+// (the caller decides that TF32 is allowed). Launches and returns true, or returns false without
+// launching (packed input, H over its largest tile count, another dtype).
+bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, cudaStream_t stream);
 }  // namespace cuda
 
 }  // namespace fused_rnn

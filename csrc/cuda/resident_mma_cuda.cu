@@ -1,0 +1,296 @@
+// The tensor-core SM-resident recurrence (forward and BPTT of one layer, uniform batch): float16
+// and bfloat16 on mma.sync.m16n8k16, float32 with TF32 allowed on mma.sync.m16n8k8.tf32, fp32
+// accumulation always. The mapping and its fragment layouts are in mma_layout.h, shared with the
+// CPU emulation that tests them; recurrence.h has the contract.
+//
+// Per CTA (batch tile c0 .. c0 + 7, direction d): warp w holds M's rows 16w .. 16w + 15 (M = W_hh
+// forward, W_hhᵀ in BPTT) as A fragments of every k tile, converted to the operand type once. Per
+// processed step s (t = s or T - 1 - s):
+//   1. loads of step s + 2's inputs for the lane's four C values into registers (a 3-set rotation
+//      unrolled in the step loop, so no register moves wait on a load)
+//   2. one mma per k tile, B = the state [k][batch row] from shared memory (operand type), into
+//      chains() independent accumulators, added in chain order
+//   3. epilogue on the lane's four values (fp32):
+//        forward  h = act(pre + m)        → out (hy: copied from the last step's out at the end)
+//        BPTT     δ = (g + m) ⊙ act'(y)   → dpre                    (m = ghy at s = 0)
+//      and the value rounded to the operand type into state[s + 1]: h (or δ) is kept in fp32 for
+//      the outputs and rounded once per step for the next step's mma (as cuDNN's half kernels do)
+//   4. __syncthreads (the only barrier)
+// BPTT ends with one more mma pass: dh0 = M·δ of the last processed step.
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "cuda/mma_layout.h"
+#include "cuda/rec_params.h"
+#include "cuda/recurrence_cuda.h"
+#include "switches.h"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+
+using namespace mma;
+
+// The operand type of a storage type T: how a float becomes an mma operand element and how two
+// (or one) of them fill a 32-bit register.
+template <typename T>
+struct Operand;
+template <>
+struct Operand<c10::Half> {
+  using Shape = M16N8K16;
+  __device__ static unsigned pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+  }
+  __device__ static void store(void* state, int64_t i, float v) {
+    static_cast<__half*>(state)[i] = __float2half_rn(v);
+  }
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Operand<c10::BFloat16> {
+  using Shape = M16N8K16;
+  __device__ static unsigned pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+  }
+  __device__ static void store(void* state, int64_t i, float v) {
+    static_cast<__nv_bfloat16*>(state)[i] = __float2bfloat16_rn(v);
+  }
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Operand<float> {  // TF32: rounded to nearest (ties away), as cuDNN's and cuBLAS's TF32
+  using Shape = M16N8K8;
+  __device__ static unsigned tf32(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+    return r;
+  }
+  __device__ static unsigned pack(float v, float) { return tf32(v); }
+  __device__ static void store(void* state, int64_t i, float v) { static_cast<unsigned*>(state)[i] = tf32(v); }
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ float activation(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
+
+template <typename scalar_t, int KT, bool Backward>
+__global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, KT>() * kWarp, 1)
+    resident_mma_kernel(const RecParams p) {
+  using Op = Operand<scalar_t>;
+  using S = typename Op::Shape;
+  constexpr int C = chains<KT>(), PER_WORD = 4 / S::kElementBytes;
+  extern __shared__ unsigned state_words[];  // [2][kBatchTile][state_row_words] operand elements
+
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp;
+  const int H = static_cast<int>(p.H), d = static_cast<int>(blockIdx.y);
+  const int64_t T = p.T, B = p.B, ld = p.D * p.H;
+  const int64_t c0 = int64_t(blockIdx.x) * kBatchTile;
+  const int nb = static_cast<int>(B - c0 < kBatchTile ? B - c0 : kBatchTile);
+  const bool asc = (d == 1) == Backward;
+
+  scalar_t* buf = static_cast<scalar_t*>(p.buf);
+  const scalar_t* yv = static_cast<const scalar_t*>(p.y);
+  const scalar_t* h_in = static_cast<const scalar_t*>(p.h_in) + int64_t(d) * B * H;
+  scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + int64_t(d) * B * H;
+  const scalar_t* wg = static_cast<const scalar_t*>(p.w) + int64_t(d) * H * H;
+
+  // A fragments of this warp's 16 rows, every k tile; zero outside H.
+  unsigned a[KT][kARegisters];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int r = 0; r < kARegisters; ++r) {
+      float v[2] = {0.f, 0.f};
+#pragma unroll
+      for (int e = 0; e < S::kPerRegister; ++e) {
+        const int i = r * S::kPerRegister + e;
+        const int j = kRowsPerWarp * warp + S::a_row(lane, i), k = kt * S::K + S::a_col(lane, i);
+        // 32-bit offsets: H ≤ 256 here, so H·H is far below 2^31.
+        if (j < H && k < H) v[e] = static_cast<float>(wg[Backward ? k * H + j : j * H + k]);
+      }
+      a[kt][r] = Op::pack(v[0], v[1]);
+    }
+
+  // The lane's four C values i: row j_of(i), batch row b_of(i) (c_row / c_col), real outputs when
+  // j < H and b < nb. Their offset in buf and y at a processed step: row_base(step) + offset(i).
+  const int j_lo = kRowsPerWarp * warp + c_row(lane, 0), b_lo = c_col(lane, 0);
+  auto j_of = [&](int i) { return j_lo + (c_row(lane, i) - c_row(lane, 0)); };
+  auto b_of = [&](int i) { return b_lo + (c_col(lane, i) - c_col(lane, 0)); };
+  auto owns = [&](int i) { return j_of(i) < H && b_of(i) < nb; };
+  const int64_t first_row = ((asc ? 0 : T - 1) * B + c0) * ld + int64_t(d) * H, step_rows = asc ? B * ld : -B * ld;
+  auto row_base = [&](int64_t step) { return first_row + step * step_rows; };
+  auto offset = [&](int i) { return b_of(i) * static_cast<int>(ld) + j_of(i); };  // < 8·D·H
+
+  constexpr int words = 2 * kBatchTile * state_row_words<S, KT>();
+  for (int i = tid; i < words; i += static_cast<int>(blockDim.x)) state_words[i] = 0u;
+  __syncthreads();
+  if (!Backward) {  // h0, rounded, into state[0]
+    for (int i = tid; i < nb * H; i += static_cast<int>(blockDim.x))
+      Op::store(state_words, state_element<S, KT>(0, i / H, i % H), static_cast<float>(h_in[(c0 + i / H) * H + i % H]));
+  }
+  __syncthreads();
+
+  // m[i] = Σ_k M[own_j[i], k]·state[step][own_b[i]][k] for the lane's four values.
+  auto matvec = [&](int64_t step, float (&m)[kCValues]) {
+    float acc[C][kCValues];
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+      for (int i = 0; i < kCValues; ++i) acc[c][i] = 0.f;
+    // One base address per step; every k tile and register is a constant offset from it (the
+    // register's first element r·per_register lies b_row(r·per) - b_row(0) elements past element 0,
+    // the same for every lane), so the loads take immediate offsets, not an address register each.
+    const unsigned* lane_state = state_words + state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      unsigned b[kBRegisters];
+#pragma unroll
+      for (int r = 0; r < kBRegisters; ++r) {
+        const int i = r * S::kPerRegister;  // the register's first element
+        b[r] = lane_state[(kt * S::K + S::b_row(lane, i) - S::b_row(lane, 0)) / PER_WORD];
+      }
+      Op::mma(acc[kt % C], a[kt], b[0], b[1]);
+    }
+#pragma unroll
+    for (int i = 0; i < kCValues; ++i) {
+      float sum = acc[0][i];
+#pragma unroll
+      for (int c = 1; c < C; ++c) sum += acc[c][i];
+      m[i] = sum;
+    }
+  };
+  auto load = [&](int64_t step, float (&in)[kCValues], float (&yy)[kCValues]) {
+    if (step >= T) return;
+    const int64_t base = row_base(step);
+#pragma unroll
+    for (int i = 0; i < kCValues; ++i) {
+      if (!owns(i)) continue;
+      in[i] = static_cast<float>(buf[base + offset(i)]);
+      if constexpr (Backward) yy[i] = static_cast<float>(yv[base + offset(i)]);
+    }
+  };
+  // Step s: issue the loads of step s + ahead into `next`, then the mma pass and the epilogue on `cur`.
+  constexpr int sets = prefetch_sets<KT>(), ahead = sets - 1;
+  auto step = [&](int64_t s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
+                  float (&next_y)[kCValues]) {
+    load(s + ahead, next, next_y);
+    float m[kCValues];
+    matvec(s, m);
+    const int64_t base = row_base(s);
+#pragma unroll
+    for (int i = 0; i < kCValues; ++i) {
+      if (!owns(i)) continue;
+      const int j = j_of(i), b = b_of(i);
+      float v;
+      if constexpr (!Backward) {
+        v = activation(cur[i] + m[i], p.relu);
+      } else {
+        const float g = cur[i] + (s == 0 ? static_cast<float>(h_in[(c0 + b) * H + j]) : m[i]);
+        v = p.relu ? (cur_y[i] <= 0.f ? 0.f : g) : g * (1.f - cur_y[i] * cur_y[i]);
+      }
+      buf[base + offset(i)] = static_cast<scalar_t>(v);
+      Op::store(state_words, state_element<S, KT>(s + 1, b, j), v);
+    }
+    __syncthreads();
+  };
+
+  // The register sets rotate with the unrolled steps: set s % sets holds step s's inputs.
+  float in0[kCValues] = {}, in1[kCValues] = {}, in2[kCValues] = {};
+  float y0[kCValues] = {}, y1[kCValues] = {}, y2[kCValues] = {};
+  load(0, in0, y0);
+  if constexpr (sets == 3) {
+    load(1, in1, y1);
+    for (int64_t s = 0; s < T; s += 3) {
+      step(s, in0, y0, in2, y2);
+      if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
+      if (s + 2 < T) step(s + 2, in2, y2, in1, y1);
+    }
+  } else {
+    for (int64_t s = 0; s < T; s += 2) {
+      step(s, in0, y0, in1, y1);
+      if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
+    }
+  }
+  if constexpr (!Backward) {  // hy: the last step's output, which this lane wrote (same rounding)
+    const int64_t base = row_base(T - 1);
+#pragma unroll
+    for (int i = 0; i < kCValues; ++i)
+      if (owns(i)) h_out[(c0 + b_of(i)) * H + j_of(i)] = buf[base + offset(i)];
+  } else {  // dh0 = M·δ of the last processed step (dh0 = δ_0·W_hh)
+    float m[kCValues];
+    matvec(T, m);
+#pragma unroll
+    for (int i = 0; i < kCValues; ++i)
+      if (owns(i)) h_out[(c0 + b_of(i)) * H + j_of(i)] = static_cast<scalar_t>(m[i]);
+  }
+}
+
+template <typename scalar_t, int KT, bool Backward>
+void launch(const RecParams& p, cudaStream_t stream) {
+  using S = typename Operand<scalar_t>::Shape;
+  auto kernel = &resident_mma_kernel<scalar_t, KT, Backward>;
+  constexpr int64_t smem = smem_bytes<S, KT>();
+  static_assert(smem <= 48 * 1024, "the state fits the default dynamic shared memory");
+  const dim3 grid(static_cast<unsigned>((p.B + kBatchTile - 1) / kBatchTile), static_cast<unsigned>(p.D));
+  kernel<<<grid, warps_for(p.H) * kWarp, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+bool launch_typed(const RecParams& p, cudaStream_t stream) {
+  using S = typename Operand<scalar_t>::Shape;
+  const int kt = k_tiles_for<S>(p.H);
+  if (kt == 0) return false;
+  with_k_tiles<S>(kt, [&](auto ktc) {
+    constexpr int KT = decltype(ktc)::value;
+    if (p.backward) {
+      launch<scalar_t, KT, true>(p, stream);
+    } else {
+      launch<scalar_t, KT, false>(p, stream);
+    }
+  });
+  return true;
+}
+
+}  // namespace
+
+bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, cudaStream_t stream) {
+  if (p.steps != nullptr) return false;  // packed input: the general kernels
+  bool launched = false;
+  switch (dtype) {
+    case at::kHalf: launched = launch_typed<c10::Half>(p, stream); break;
+    case at::kBFloat16: launched = launch_typed<c10::BFloat16>(p, stream); break;
+    case at::kFloat: launched = launch_typed<float>(p, stream); break;
+    default: break;
+  }
+  if (launched) switches::record_cuda_regime(dtype == at::kFloat ? "resident_tf32" : "resident_mma");
+  return launched;
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn
