@@ -4,7 +4,8 @@
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
-#   3c. the SM-resident regime forced beside the default one (A/B), TF32 off and on
+#   3c. the SM-resident regimes forced beside the default one (A/B): float32 TF32 off and on,
+#       float16 and bfloat16
 #   3d. the generation row (benchmarks/generation.py), default and resident regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
@@ -87,11 +88,19 @@ stage bench_tf32_fp16 90 "benchmarks/benchmark.py --device cuda --quick --dtype 
 #     shapes forced to it and in the default regime (an A/B on this card), TF32 off, then on
 RESIDENT_SHAPES="1,128,32,32 1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
 256,128,128,128 1,128,192,192 64,128,192,192 256,128,192,192 16,128,64,128,2,T"
-for run in "resident off" "auto off" "resident on"; do
+for run in "resident off" "auto off" "resident on" "auto on"; do
   set -- $run
-  stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 192" \
+  stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 192 (TF32 on: the tensor-core kernel)" \
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 "$2" --cuda-regime "$1" \
     --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
+done
+#     float16 / bfloat16 on the tensor-core resident kernel (H <= 256) against the default regime
+RESIDENT_HALF_SHAPES="1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
+1,128,256,256 8,128,256,256 64,128,256,256 256,128,256,256"
+for regime in resident auto; do
+  stage "bench_resident_half_$regime" 60 "--cuda-regime $regime, float16 and bfloat16, H <= 256" \
+    "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16,bfloat16 --cuda-regime "$regime" \
+    --shapes "$RESIDENT_HALF_SHAPES" --out "$WORK/bench_resident_half_$regime"
 done
 
 # 3d. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
@@ -116,9 +125,9 @@ for tool in memcheck racecheck; do
     stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
       "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py
   fi
-  stage "${tool}_resident" 60 "kernel filter kns=resident_kernel, float32" \
-    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_kernel "$PY" benchmarks/gpu_sanitize.py \
-    resident float32
+  stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \
+    resident float32 bfloat16
 done
 
 # 4b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes

@@ -3,8 +3,9 @@
     compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...] [REGIME ...]
 
 DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm, resident) arguments limit the
-run to those dtypes / regimes (default: all). The resident regime takes unpacked float32 input only
-(other runs fall back to the automatic choice, as the printed regime shows), so it runs unpacked.
+run to those dtypes / regimes (default: all). The resident regimes take unpacked input only (float32
+on the FFMA kernel, bfloat16 on the tensor-core kernel; float64 falls back to the automatic choice,
+as the printed regime shows), so that regime runs unpacked.
 
 The FUSED_RNN_CUDA_REGIME switch (set through fused_rnn._C.set_switch) forces the cooperative (grid)
 and per-step (step) kernels, or the per-step GEMM path, at small sizes; each configuration also

@@ -12,6 +12,11 @@
 //     h_in [D, B, H], w_hh [D, H, H]; sms: the SM count the launch plan assumes.
 //     Returns new tensors: buf after the recurrence (h_t or δ_t) and h_out (hy or dh0).
 //   torch.ops.fused_rnn_emulation.resident_plan(H, B, D, sms) -> [shape, bt, ctas, threads, HK, HJ]
+//   torch.ops.fused_rnn_emulation.resident_mma(buf, y, h_in, w_hh, relu, backward, shape) -> (buf, h_out)
+//     the same for the tensor-core kernel (cuda/resident_mma_cuda.cu, cuda/mma_layout.h), shape
+//     "m16n8k16" (float16/bfloat16) or "m16n8k8" (TF32): the PTX ISA fragment layouts, the A
+//     packing, the B loads (one base word and constant offsets, bank-conflict free), the C
+//     ownership; it also checks that the fragment functions cover A, B and C exactly once.
 #include <ATen/ops/full.h>
 #include <torch/library.h>
 
@@ -19,6 +24,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cuda/mma_layout.h"
 #include "cuda/resident_layout.h"
 
 namespace fused_rnn {
@@ -214,6 +220,149 @@ void emulate_cta(const Tensors& a, int64_t c0, int d) {
   }
 }
 
+// ---- the tensor-core kernel (cuda/resident_mma_cuda.cu, cuda/mma_layout.h) --------------------
+
+// The fragment functions of one mma shape cover A (16×K), B (K×8) and C (16×8) exactly once over
+// (lane, element).
+template <class S>
+void check_fragments() {
+  constexpr int a_elems = mma::kARegisters * S::kPerRegister, b_elems = mma::kBRegisters * S::kPerRegister;
+  std::vector<int> a(16 * S::K, 0), b(S::K * 8, 0), c(16 * 8, 0);
+  for (int lane = 0; lane < mma::kWarp; ++lane) {
+    for (int i = 0; i < a_elems; ++i) ++a.at(S::a_row(lane, i) * S::K + S::a_col(lane, i));
+    for (int i = 0; i < b_elems; ++i) ++b.at(S::b_row(lane, i) * 8 + S::b_col(lane, i));
+    for (int i = 0; i < mma::kCValues; ++i) ++c.at(mma::c_row(lane, i) * 8 + mma::c_col(lane, i));
+  }
+  for (int n : a) TORCH_CHECK(n == 1, "mma emulation: an A element held ", n, " times");
+  for (int n : b) TORCH_CHECK(n == 1, "mma emulation: a B element held ", n, " times");
+  for (int n : c) TORCH_CHECK(n == 1, "mma emulation: a C element held ", n, " times");
+}
+
+// One CTA (batch tile c0 .. c0 + 7, direction d) of resident_mma_kernel<., KT, Backward>, lane by
+// lane, in float64 (the kernel's operand rounding is not emulated: this checks the layout).
+template <class S, int KT, bool Backward>
+void emulate_mma_cta(const Tensors& a, int64_t c0, int d) {
+  constexpr int C = mma::chains<KT>(), PER_WORD = 4 / S::kElementBytes;
+  constexpr int a_elems = mma::kARegisters * S::kPerRegister;
+  const int64_t T = a.T, B = a.B, ld = a.D * a.H;
+  const int H = static_cast<int>(a.H), NW = mma::warps_for(a.H);
+  const int nb = static_cast<int>(B - c0 < mma::kBatchTile ? B - c0 : mma::kBatchTile);
+  const bool asc = (d == 1) == Backward;
+  const double* wg = a.w + int64_t(d) * H * H;
+  const double* h_in = a.h_in + int64_t(d) * B * H;
+  double* h_out = a.h_out + int64_t(d) * B * H;
+
+  // A fragments: afrag[((warp·32 + lane)·KT + kt)·a_elems + i] = M[16·warp + a_row, kt·K + a_col].
+  std::vector<double> afrag(size_t(NW) * mma::kWarp * KT * a_elems);
+  for (int warp = 0; warp < NW; ++warp)
+    for (int lane = 0; lane < mma::kWarp; ++lane)
+      for (int kt = 0; kt < KT; ++kt)
+        for (int i = 0; i < a_elems; ++i) {
+          const int j = mma::kRowsPerWarp * warp + S::a_row(lane, i), k = kt * S::K + S::a_col(lane, i);
+          afrag[((size_t(warp) * mma::kWarp + lane) * KT + kt) * a_elems + i] =
+              j < H && k < H ? (Backward ? wg[k * H + j] : wg[j * H + k]) : 0.;
+        }
+  std::vector<double> state(size_t(2) * mma::kBatchTile * mma::state_row_words<S, KT>() * PER_WORD, 0.);
+  if (!Backward) {
+    for (int b = 0; b < nb; ++b)
+      for (int k = 0; k < H; ++k) state[mma::state_element<S, KT>(0, b, k)] = h_in[(c0 + b) * H + k];
+  }
+  const int64_t first_row = ((asc ? 0 : T - 1) * B + c0) * ld + int64_t(d) * H, step_rows = asc ? B * ld : -B * ld;
+  auto owned = [&](int warp, int lane, int i, int& j, int& b) {
+    j = mma::kRowsPerWarp * warp + mma::c_row(lane, i);
+    b = mma::c_col(lane, i);
+    return j < H && b < nb;
+  };
+
+  // m[lane][i]: the warp's mma pass over the state of `step`, as the kernel issues it.
+  std::vector<std::array<double, mma::kCValues>> m(mma::kWarp);
+  auto warp_mma = [&](int warp, int64_t step) {
+    std::vector<std::array<std::array<double, mma::kCValues>, C>> acc(mma::kWarp);
+    for (auto& chain : acc)
+      for (auto& v : chain) v.fill(0.);
+    for (int kt = 0; kt < KT; ++kt) {
+      double A[16][S::K], Bm[S::K][8];
+      for (int lane = 0; lane < mma::kWarp; ++lane) {
+        for (int i = 0; i < a_elems; ++i)
+          A[S::a_row(lane, i)][S::a_col(lane, i)] = afrag[((size_t(warp) * mma::kWarp + lane) * KT + kt) * a_elems + i];
+        // The kernel's B loads: one base word per lane and step, constant offsets per k tile and register.
+        const int64_t base = mma::state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
+        for (int r = 0; r < mma::kBRegisters; ++r) {
+          const int first = r * S::kPerRegister;
+          const int64_t word = base + (kt * S::K + S::b_row(lane, first) - S::b_row(lane, 0)) / PER_WORD;
+          for (int e = 0; e < S::kPerRegister; ++e) {
+            const int i = first + e, k = kt * S::K + S::b_row(lane, i);
+            TORCH_CHECK((word * PER_WORD + e == mma::state_element<S, KT>(step, S::b_col(lane, i), k)),
+                        "mma emulation: B register ", r, " of lane ", lane, " does not hold element ", i);
+            Bm[S::b_row(lane, i)][S::b_col(lane, i)] = state[word * PER_WORD + e];
+          }
+        }
+      }
+      // The 32 B-register loads of one register index hit 32 distinct banks.
+      for (int r = 0; r < mma::kBRegisters; ++r) {
+        std::array<int, 32> bank{};
+        for (int lane = 0; lane < mma::kWarp; ++lane) {
+          const int64_t base = mma::state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
+          const int first = r * S::kPerRegister;
+          ++bank[(base + (kt * S::K + S::b_row(lane, first) - S::b_row(lane, 0)) / PER_WORD) % 32];
+        }
+        for (int n : bank) TORCH_CHECK(n == 1, "mma emulation: bank conflict in the B loads");
+      }
+      for (int lane = 0; lane < mma::kWarp; ++lane)
+        for (int i = 0; i < mma::kCValues; ++i) {
+          double sum = 0.;
+          for (int k = 0; k < S::K; ++k) sum += A[mma::c_row(lane, i)][k] * Bm[k][mma::c_col(lane, i)];
+          acc[lane][kt % C][i] += sum;
+        }
+    }
+    for (int lane = 0; lane < mma::kWarp; ++lane)
+      for (int i = 0; i < mma::kCValues; ++i) {
+        double sum = acc[lane][0][i];
+        for (int c = 1; c < C; ++c) sum += acc[lane][c][i];
+        m[lane][i] = sum;
+      }
+  };
+
+  std::vector<int> writes(size_t(mma::kBatchTile) * H);
+  for (int64_t s = 0; s < T; ++s) {
+    std::fill(writes.begin(), writes.end(), 0);
+    const int64_t base = first_row + s * step_rows;
+    for (int warp = 0; warp < NW; ++warp) {
+      warp_mma(warp, s);
+      for (int lane = 0; lane < mma::kWarp; ++lane)
+        for (int i = 0; i < mma::kCValues; ++i) {
+          int j, b;
+          if (!owned(warp, lane, i, j, b)) continue;
+          ++writes[size_t(b) * H + j];
+          const int64_t e = base + b * ld + j;
+          double v;
+          if (!Backward) {
+            const double z = a.buf[e] + m[lane][i];
+            v = a.relu ? (z < 0. ? 0. : z) : std::tanh(z);
+          } else {
+            const double g = a.buf[e] + (s == 0 ? h_in[(c0 + b) * H + j] : m[lane][i]);
+            v = a.relu ? (a.y[e] <= 0. ? 0. : g) : g * (1. - a.y[e] * a.y[e]);
+          }
+          a.buf[e] = v;
+          state[mma::state_element<S, KT>(s + 1, b, j)] = v;
+        }
+    }
+    for (int b = 0; b < nb; ++b)
+      for (int j = 0; j < H; ++j)
+        TORCH_CHECK(writes[size_t(b) * H + j] == 1, "mma emulation: output (b ", b, ", j ", j, ") written ",
+                    writes[size_t(b) * H + j], " times at step ", s);
+  }
+  for (int warp = 0; warp < NW; ++warp) {
+    if (Backward) warp_mma(warp, T);
+    for (int lane = 0; lane < mma::kWarp; ++lane)
+      for (int i = 0; i < mma::kCValues; ++i) {
+        int j, b;
+        if (!owned(warp, lane, i, j, b)) continue;
+        h_out[(c0 + b) * H + j] = Backward ? m[lane][i] : a.buf[first_row + (T - 1) * step_rows + b * ld + j];
+      }
+  }
+}
+
 at::Tensor checked(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kDouble && t.device().is_cpu(), "resident emulation: ", name,
               " must be a float64 CPU tensor");
@@ -256,6 +405,46 @@ std::tuple<at::Tensor, at::Tensor> emulate_resident(const at::Tensor& buf_in, co
   return {buf, h_out};
 }
 
+template <class S>
+void emulate_mma_shape(const Tensors& a, bool backward) {
+  check_fragments<S>();
+  const int kt = mma::k_tiles_for<S>(a.H);
+  TORCH_CHECK(kt > 0, "resident mma emulation: H = ", a.H, " is over the largest tile count");
+  mma::with_k_tiles<S>(kt, [&](auto ktc) {
+    constexpr int KT = decltype(ktc)::value;
+    for (int d = 0; d < a.D; ++d)
+      for (int64_t c0 = 0; c0 < a.B; c0 += mma::kBatchTile) {
+        if (backward) {
+          emulate_mma_cta<S, KT, true>(a, c0, d);
+        } else {
+          emulate_mma_cta<S, KT, false>(a, c0, d);
+        }
+      }
+  });
+}
+
+// shape: "m16n8k16" (the float16/bfloat16 kernels) or "m16n8k8" (the TF32 kernel).
+std::tuple<at::Tensor, at::Tensor> emulate_resident_mma(const at::Tensor& buf_in, const at::Tensor& y_in,
+                                                        const at::Tensor& h_in_in, const at::Tensor& w_in, bool relu,
+                                                        bool backward, c10::string_view shape) {
+  TORCH_CHECK(shape == "m16n8k16" || shape == "m16n8k8", "resident mma emulation: shape m16n8k16 or m16n8k8");
+  const at::Tensor buf = checked(buf_in, "buf").clone(), h_in = checked(h_in_in, "h_in"), w = checked(w_in, "w_hh");
+  TORCH_CHECK(h_in.dim() == 3 && w.dim() == 3 && buf.dim() == 2, "resident mma emulation: buf [T*B, D*H], h_in [D, B, H], w_hh [D, H, H]");
+  const int64_t D = w.size(0), H = w.size(2), B = h_in.size(1);
+  TORCH_CHECK(B > 0 && H > 0 && buf.size(0) % B == 0 && buf.size(1) == D * H, "resident mma emulation: inconsistent shapes");
+  const at::Tensor y = backward ? checked(y_in, "y") : at::Tensor();
+  TORCH_CHECK(!backward || y.sizes() == buf.sizes(), "resident mma emulation: y must have buf's shape");
+  const at::Tensor h_out = at::full({D, B, H}, std::nan(""), h_in.options());
+  const Tensors a{buf.data_ptr<double>(), backward ? y.data_ptr<double>() : nullptr, h_in.data_ptr<double>(),
+                  h_out.data_ptr<double>(), w.data_ptr<double>(), buf.size(0) / B, B, H, D, relu};
+  if (shape == "m16n8k16") {
+    emulate_mma_shape<mma::M16N8K16>(a, backward);
+  } else {
+    emulate_mma_shape<mma::M16N8K8>(a, backward);
+  }
+  return {buf, h_out};
+}
+
 std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms) {
   const Plan p = plan(H, B, D, static_cast<int>(sms));
   std::vector<int64_t> out{p.shape, p.bt, p.ctas, 0, 0, 0};
@@ -275,7 +464,9 @@ std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms)
 TORCH_LIBRARY(fused_rnn_emulation, m) {
   m.def("resident(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, int sms) -> (Tensor, Tensor)");
   m.def("resident_plan(int H, int B, int D, int sms) -> int[]", TORCH_FN(resident_plan));
+  m.def("resident_mma(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, str shape) -> (Tensor, Tensor)");
   m.impl("resident", c10::DispatchKey::CPU, TORCH_FN(emulate_resident));
+  m.impl("resident_mma", c10::DispatchKey::CPU, TORCH_FN(emulate_resident_mma));
 }
 
 }  // namespace fused_rnn

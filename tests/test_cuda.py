@@ -223,12 +223,42 @@ def test_resident_regime_options(case, switch):
 @pytest.mark.parametrize("dtype,H,packed,expected", [
     (torch.float32, 40, "unsorted", "single"),  # packed input: the general kernels
     (torch.float32, 193, None, "single"),  # over the largest resident shape
-    (torch.float64, 40, None, "single"),  # float32 only
-    (torch.bfloat16, 40, None, "single"),
+    (torch.float64, 40, None, "single"),  # no resident kernel for float64
+    (torch.bfloat16, 40, "sorted", "single"),
+    (torch.float16, 257, None, "single"),  # over the largest tile count of the tensor-core kernel
 ])
 def test_resident_regime_falls_back(dtype, H, packed, expected, switch):
     switch("FUSED_RNN_CUDA_REGIME", "resident")
     assert compare(dtype=dtype, H=H, B=5, packed=packed, bidirectional=True) == expected
+
+
+# The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,
+# 64, 128, 192, 256), H not a multiple of 16, one partial and several batch tiles of 8 rows.
+RESIDENT_MMA_CASES = [(1, 1, 6), (17, 9, 6), (64, 300, 5), (100, 3, 200), (129, 8, 6), (192, 17, 4), (256, 64, 4)]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("H,B,T", RESIDENT_MMA_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_MMA_CASES])
+def test_resident_mma_regime(H, B, T, dtype, nonlinearity, switch):
+    """float16 against cuDNN float16 and bfloat16 against PyTorch's native bfloat16 RNN, 2x rule."""
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    ran = compare(dtype=dtype, H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
+    assert ran == "resident_mma"
+
+
+@pytest.mark.parametrize("H,B,T", [(1, 1, 6), (33, 9, 6), (64, 64, 100), (128, 5, 6), (192, 20, 4)])
+def test_resident_tf32_regime(H, B, T, switch):
+    """float32 with TF32 allowed (nn.RNN's rule: torch.backends.cudnn.allow_tf32) takes the TF32
+    tensor-core kernel; its error stays within 2x cuDNN's TF32 error."""
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    assert ran == "resident_tf32"
 
 
 def test_step_fallback_huge_hidden():

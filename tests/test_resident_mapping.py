@@ -1,4 +1,4 @@
-"""The SM-resident CUDA kernel's thread → data mapping, checked without a GPU.
+"""The SM-resident CUDA kernels' thread → data mappings, checked without a GPU.
 
 torch.ops.fused_rnn_emulation.resident runs the kernel's algorithm lane by lane in float64 on the
 CPU with the kernel's own layout functions (csrc/cuda/resident_layout.h: launch plan, shapes, rows
@@ -6,6 +6,13 @@ and k chunks per lane, reduce-scatter ownership, state and prefetch-ring indices
 there gives a wrong recurrence here, against a plain float64 loop; the emulation also raises if an
 output is written other than exactly once per step, if a (row, k) of W_hh is held by other than
 one lane, or if a float4 state read would have a shared-memory bank conflict.
+
+torch.ops.fused_rnn_emulation.resident_mma does the same for the tensor-core kernel
+(csrc/cuda/mma_layout.h): the PTX ISA fragment layouts of mma.m16n8k16 (float16/bfloat16) and
+mma.m16n8k8 (TF32) as the kernel encodes them, the packing of W_hh into A fragments, the B loads
+from the state (their addresses, which element each register holds, bank conflicts) and which lane
+owns which C value. It computes in float64 without the kernel's operand rounding: it checks the
+layout, not the precision.
 """
 import pytest
 import torch
@@ -113,3 +120,40 @@ def test_emulation_refuses_hidden_sizes_over_the_regime():
 )
 def test_launch_plan(H, B, D, sms, expected):
     assert list(emulation.resident_plan(H, B, D, sms)) == expected
+
+
+MMA_CASES = [
+    # (T, B, H, D, shape): every tile count of both shapes (m16n8k16: H up to 32, 64, 128, 192, 256;
+    # m16n8k8: up to 32, 64, 128, 192), H not a multiple of 16, partial and several batch tiles of 8
+    (3, 1, 1, "m16n8k16", 1),
+    (4, 3, 17, "m16n8k16", 2),
+    (3, 8, 32, "m16n8k16", 1),
+    (3, 9, 50, "m16n8k16", 2),
+    (2, 20, 100, "m16n8k16", 1),
+    (2, 5, 129, "m16n8k16", 2),
+    (2, 2, 200, "m16n8k16", 1),
+    (2, 9, 256, "m16n8k16", 1),
+    (3, 1, 7, "m16n8k8", 2),
+    (3, 10, 33, "m16n8k8", 1),
+    (2, 8, 64, "m16n8k8", 2),
+    (2, 3, 120, "m16n8k8", 1),
+    (2, 17, 192, "m16n8k8", 1),
+]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "bptt"])
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+@pytest.mark.parametrize("T,B,H,shape,D", MMA_CASES, ids=[f"T{c[0]}B{c[1]}H{c[2]}-{c[3]}-D{c[4]}" for c in MMA_CASES])
+def test_mma_emulation_matches_reference(T, B, H, shape, D, relu, backward):
+    buf, y, h_in, w = inputs(T, B, H, D, seed=T * 1000 + B * 100 + H + D)
+    out, h_out = emulation.resident_mma(buf, y, h_in, w, relu, backward, shape)
+    ref_out, ref_h = reference(buf, y, h_in, w, relu, backward)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_out, ref_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,H", [("m16n8k16", 257), ("m16n8k8", 193)])
+def test_mma_emulation_refuses_hidden_sizes_over_the_largest_tile_count(shape, H):
+    buf, y, h_in, w = inputs(1, 1, H, 1, seed=3)
+    with pytest.raises(RuntimeError, match="over the largest tile count"):
+        emulation.resident_mma(buf, y, h_in, w, False, False, shape)

@@ -37,6 +37,16 @@ void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor
   }
 }
 
+// The SM-resident regimes (opt-in, FUSED_RNN_CUDA_REGIME=resident, until a GPU run validates them):
+// the tensor-core kernel for float16 and bfloat16, and for float32 where TF32 is allowed
+// (torch.backends.cudnn.allow_tf32, nn.RNN's rule); the FFMA kernel for float32 otherwise. False
+// (nothing launched) where they do not apply.
+bool launch_resident_regime(const cuda::RecParams& p, at::ScalarType st, cudaStream_t stream) {
+  const bool tf32 = st == at::kFloat && at::globalContext().allowTF32CuDNN();
+  if (st == at::kHalf || st == at::kBFloat16 || tf32) return cuda::launch_resident_mma(p, st, stream);
+  return st == at::kFloat && cuda::launch_resident(p, cuda::device_info().sms, stream);
+}
+
 // One layer's recurrence through the persistent kernels (recurrence_kernel.cuh).
 // buf [N, D*H] (out or dpre), y [N, D*H] or undefined, h_in/h_out [D, B, H], w_hh [D, H, H].
 void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
@@ -58,8 +68,7 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
                     w_hh.data_ptr(), steps.defined() ? steps.data_ptr<int64_t>() : nullptr, nullptr,
                     T, B, H, D, relu, backward};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (cuda::forced_regime() == cuda::ForcedRegime::Resident && buf.scalar_type() == at::kFloat &&
-      cuda::launch_resident(p, cuda::device_info().sms, stream)) {
+  if (cuda::forced_regime() == cuda::ForcedRegime::Resident && launch_resident_regime(p, buf.scalar_type(), stream)) {
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
