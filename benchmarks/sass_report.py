@@ -12,7 +12,8 @@ the figure a register-resident W_hh would bring to ~0.
     python benchmarks/sass_report.py [--so PATH] [--arch sm_90] [--out REPORT.md] [--check]
 
 --check also fails (exit 1) unless the step loop of every SM-resident kernel issues what its layout
-predicts: the mat-vec's FMAs, one barrier, the reduce-scatter's shuffles and no local memory.
+predicts: the FFMA kernel the mat-vec's FMAs, one barrier, the reduce-scatter's shuffles; the
+tensor-core kernel one HMMA per k tile and one barrier per step; both no local memory.
 
 cuobjdump comes with the CUDA toolkit, or with the triton that torch installs
 (triton/backends/nvidia/bin) or pip's nvidia-cuda-cuobjdump.
@@ -119,16 +120,28 @@ def resident_expectations(name):
     return {"min_fma": r * kpt * bt, "BAR": 1, "SHFL": shuffles, "LDL/STL": 0}
 
 
+def mma_expectations(name):
+    """What the step loop of a resident_mma_kernel<T, KT, Backward> must issue (mma_layout.h): the
+    loop is unrolled over its prefetch register sets (3, or 2 from KT = 16), and each step issues one
+    tensor-core mma per k tile (HMMA) and one barrier, with no local memory."""
+    m = re.search(r"resident_mma_kernel<\w+, (\d+),", name)
+    if not m:
+        return None
+    kt = int(m.group(1))
+    sets = 2 if kt >= 16 else 3
+    return {"MMA": sets * kt, "BAR": sets, "LDL/STL": 0}
+
+
 def check(name, loop):
     """Broken expectations of one kernel's hot loop, as text (empty: it meets them or has none)."""
-    want = resident_expectations(name)
+    want = resident_expectations(name) or mma_expectations(name)
     if want is None:
         return []
     bad = []
-    if loop["FMA"] < want["min_fma"]:
+    if loop["FMA"] < want.get("min_fma", 0):
         bad.append(f"{loop['FMA']} FMA < {want['min_fma']} (the mat-vec is not all in the step loop)")
-    for column in ("BAR", "SHFL", "LDL/STL"):
-        if loop[column] != want[column]:
+    for column in ("MMA", "BAR", "SHFL", "LDL/STL"):
+        if column in want and loop[column] != want[column]:
             bad.append(f"{loop[column]} {column}, expected {want[column]}")
     return bad
 
@@ -140,7 +153,7 @@ def main():
     p.add_argument("--out", default=None, help="also write the report to this Markdown file")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every resident kernel's step loop issues what its layout predicts "
-                        "(FMAs, one barrier, the reduce-scatter's shuffles, no local memory)")
+                        "(FMAs or HMMAs, barriers, the reduce-scatter's shuffles, no local memory)")
     args = p.parse_args()
     so = args.so
     if so is None:
@@ -164,10 +177,10 @@ def main():
             fma = c["FMA"] + c["MMA"]
             ratio = f"{c['LDS'] / fma:.2f}" if fma else "—"
             lines.append(f"| {short(names[mangled])} | {part} | " + " | ".join(str(c[k]) for k in cols) + f" | {ratio} |")
-        checked += resident_expectations(short(names[mangled])) is not None
+        checked += (resident_expectations(short(names[mangled])) or mma_expectations(short(names[mangled]))) is not None
         failures += [f"{short(names[mangled])}: {b}" for b in check(short(names[mangled]), loop)]
     if args.check:
-        lines += ["", f"Step-loop check: {checked} resident kernels, {len(failures)} findings"]
+        lines += ["", f"Step-loop check: {checked} resident kernels (FFMA and tensor-core), {len(failures)} findings"]
         lines += [f"- {f}" for f in failures]
     text = "\n".join(lines)
     print(text)

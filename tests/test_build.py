@@ -63,8 +63,9 @@ def _sass_report():
 
 @pytest.mark.skipif(not fused_rnn.cuda_available(), reason="built without the CUDA kernels (FUSED_RNN_CUDA=1)")
 def test_resident_step_loops_issue_what_the_layout_predicts():
-    """The SASS of every SM-resident kernel (no GPU needed): its step loop holds the whole mat-vec
-    (R·KPT·BT FMAs), one barrier, the reduce-scatter's shuffles and no local-memory traffic."""
+    """The SASS of every SM-resident kernel (no GPU needed): the FFMA kernel's step loop holds the whole
+    mat-vec (R·KPT·BT FMAs), one barrier and the reduce-scatter's shuffles; the tensor-core kernel's
+    one HMMA per k tile and one barrier per step; neither touches local memory."""
     sass_report = _sass_report()
     tool = sass_report.find_cuobjdump()
     if tool is None:
@@ -73,8 +74,9 @@ def test_resident_step_loops_issue_what_the_layout_predicts():
     assert out.returncode == 0, out.stderr[-2000:]
     funcs = sass_report.functions(out.stdout)
     names = sass_report.demangle(list(funcs))
-    resident = {sass_report.short(names[m]): f for m, f in funcs.items() if "resident_kernel" in names[m]}
-    assert len(resident) >= 28, sorted(resident)
+    resident = {sass_report.short(names[m]): f for m, f in funcs.items() if "resident_" in names[m]}
+    assert sum("resident_kernel" in n for n in resident) >= 28, sorted(resident)
+    assert sum("resident_mma_kernel" in n for n in resident) >= 28, sorted(resident)
     findings = {n: sass_report.check(n, sass_report.hot_loop(f)) for n, f in resident.items()}
     assert not any(findings.values()), {n: f for n, f in findings.items() if f}
 
@@ -92,3 +94,7 @@ def test_sass_check_rules_can_fail():
     assert check(name, good + collections.Counter({"BAR": 1}))
     assert check(name, good - collections.Counter({"FMA": 100}))
     assert check("recurrence_kernel<float, 8, Grid>", collections.Counter()) == []
+    mma = "resident_mma_kernel<Half, 8, false>"  # 3 unrolled steps of 8 HMMA and one barrier each
+    assert check(mma, collections.Counter({"MMA": 24, "BAR": 3})) == []
+    assert check(mma, collections.Counter({"MMA": 16, "BAR": 3}))  # an mma missing from a step
+    assert check(mma, collections.Counter({"MMA": 24, "BAR": 3, "LDL/STL": 1}))
