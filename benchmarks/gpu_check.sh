@@ -8,6 +8,7 @@
 #       float16 and bfloat16
 #   3d. the generation row (benchmarks/generation.py), default and resident regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
+#   4a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
 #   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
 #   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
 #      benchmark tables), copied with all logs to the folder given as the first argument.
@@ -130,11 +131,18 @@ for tool in memcheck racecheck; do
     resident float32 bfloat16
 done
 
+# 4a. the bfloat16 racecheck question: racecheck per dtype and regime, and on a minimal standalone
+#     program (benchmarks/racecheck_probe/), to tell a kernel bug from the tool's
+if [ -n "$SAN" ]; then
+  stage racecheck_probe 150 "benchmarks/racecheck_probe/racecheck_probe.py" \
+    "$PY" benchmarks/racecheck_probe/racecheck_probe.py --sanitizer "$SAN" --out "$WORK/racecheck_probe.md"
+fi
+
 # 4b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes
 NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
   stage ncu 90 "ncu on benchmarks/gpu_profile.py" \
-    "$NCU" --clock-control none --kernel-name regex:recurrence_kernel --launch-count 4 \
+    "$NCU" --clock-control none --kernel-name regex:'recurrence_kernel|resident_' --launch-count 8 \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
     "$PY" benchmarks/gpu_profile.py
 fi

@@ -133,6 +133,9 @@ def main():
         lines += ncu
     for d, md in bench_md.items():
         lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
+    probe = os.path.join(work, "racecheck_probe.md")
+    if os.path.exists(probe):
+        lines += ["", "## racecheck probe (benchmarks/racecheck_probe/racecheck_probe.py)", "", open(probe).read()]
     for name in sorted(f for f in os.listdir(work) if f.startswith("generation_") and f.endswith(".md")):
         lines += ["", f"## `{name[:-3]}` (benchmarks/generation.py)", "",
                   open(os.path.join(work, name)).read().replace("# Generation row", "Generation row", 1)]

@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py [DTYPE ...] [REGIME ...]
 
-DTYPE (float32, bfloat16, float64) and REGIME (auto, grid, step, gemm, resident) arguments limit the
+DTYPE (float32, bfloat16, float16, float64) and REGIME (auto, grid, step, gemm, resident) arguments limit the
 run to those dtypes / regimes (default: all). The resident regimes take unpacked input only (float32
 on the FFMA kernel, bfloat16 on the tensor-core kernel; float64 falls back to the automatic choice,
 as the printed regime shows), so that regime runs unpacked.
@@ -24,12 +24,12 @@ def main() -> int:
     torch.manual_seed(0)
     failures = 0
     regimes = ("auto", "grid", "step", "gemm", "resident")  # gemm: float32/float64 only; resident: float32
-    dtypes = ("float32", "bfloat16", "float64")
+    dtypes = ("float32", "bfloat16", "float16", "float64")
     only_regimes = [a for a in sys.argv[1:] if a in regimes] or regimes
     only_dtypes = [a for a in sys.argv[1:] if a in dtypes] or dtypes
     for regime in only_regimes:
         fused_rnn._C.set_switch("FUSED_RNN_CUDA_REGIME", regime)  # the environment is read only at import
-        for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float64, 9)):
+        for dtype, H in ((torch.float32, 33), (torch.bfloat16, 20), (torch.float16, 20), (torch.float64, 9)):
             if str(dtype).split(".")[-1] not in only_dtypes:
                 continue
             rnn = fused_rnn.RNN(6, H, num_layers=2, bidirectional=True, dtype=dtype)
@@ -47,7 +47,7 @@ def main() -> int:
                 results.append([out.data, hn, xd.grad] + [p.grad for p in m.parameters()])
                 m.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
-            tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 0.1}[dtype]
+            tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.02}[dtype]
             worst = max(((c.cpu().double() - g.double()).abs().max() / (1 + g.double().abs().max())).item()
                         for g, c in zip(*results))
             ok = worst <= tol

@@ -346,6 +346,29 @@ def test_autocast_runs_in_float16():
     assert_within_baseline(f, b, r, torch.float16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+def test_autocast_takes_the_tensor_core_resident_kernel(dtype, switch):
+    """Under CUDA autocast (float16, or bfloat16 when asked) the fused module runs in the autocast
+    dtype like nn.RNN, and with the resident regime forced that is the tensor-core kernel. The
+    baseline: nn.RNN under the same autocast (bfloat16: with cuDNN disabled, which has no bf16 RNN)."""
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    I, H, T, B = 5, 96, 8, 3
+    base = nn.RNN(I, H, num_layers=2, bidirectional=True, device=DEV)
+    fused = fused_rnn.RNN.from_torch(base)
+    ref = nn.RNN(I, H, num_layers=2, bidirectional=True, device=DEV, dtype=F64)
+    ref.load_state_dict({k: v.to(dtype).to(F64) for k, v in base.state_dict().items()})
+    x = torch.randn(T, B, I, device=DEV).to(dtype).float()
+    g_out = torch.randn(T, B, 2 * H, dtype=F64, device=DEV).to(dtype).to(F64)
+    g_hn = torch.randn(4, B, H, dtype=F64, device=DEV).to(dtype).to(F64)
+    contexts = lambda cudnn: (torch.backends.cudnn.flags(enabled=cudnn), torch.autocast("cuda", dtype=dtype))  # noqa: E731
+    r = cuda_run(ref, x.to(F64), None, g_out, g_hn)
+    b = run(base, x, None, upstream_grads=(g_out, g_hn), forward_contexts=contexts(dtype == torch.float16))
+    f = run(fused, x, None, upstream_grads=(g_out, g_hn), forward_contexts=contexts(True))
+    assert fused_rnn._C.last_cuda_regime() == "resident_mma"
+    assert f["output"].dtype == dtype and f["h_n"].dtype == dtype
+    assert_within_baseline(f, b, r, dtype)
+
+
 @pytest.mark.parametrize("regime,H", [("auto", 33), ("auto", 1000), ("grid", 33), ("step", 33), ("gemm", 33),
                                       ("resident", 33)])
 def test_poisoned_buffers_are_overwritten(regime, H, switch):
