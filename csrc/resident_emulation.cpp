@@ -102,9 +102,9 @@ void emulate_cta(const Tensors& a, int64_t c0, int d) {
         }
     }
   }
+  // The kernel's indexing: the element at processed step 0 plus step · stride.
   auto element = [&](int64_t step, int b, int j) {
-    const int64_t t = asc ? step : T - 1 - step;
-    return (t * B + c0 + b) * ld + int64_t(d) * H + j;
+    return element_at_step0(T, B, ld, c0, b, d, H, j, asc) + step * step_stride(B, ld, asc);
   };
   // Owned (j, b) of each thread's value i, or j = -1 where it writes nothing.
   auto owned = [&](int tid, int i, int& j, int& b) {

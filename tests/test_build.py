@@ -82,19 +82,22 @@ def test_resident_step_loops_issue_what_the_layout_predicts():
 
 
 def test_sass_check_rules_can_fail():
-    """The expectations the SASS test applies, on made-up loop counts: a loop that spills, has two
-    barriers or lacks the mat-vec's FMAs is refused."""
+    """The expectations the SASS test applies, on made-up loop counts: a loop that spills, lacks the
+    mat-vec's FMAs or an mma, or has a barrier more than its steps, is refused; a loop the compiler
+    unrolled over two steps is not."""
     import collections
 
     check = _sass_report().check
     name = "resident_kernel<Shape<4, 32, 1, 16, 8>, 8, false>"  # R·KPT·BT = 256 FMAs, 4 + 2 shuffles
     good = collections.Counter({"FMA": 270, "BAR": 1, "SHFL": 6})
     assert check(name, good) == []
+    assert check(name, good + good) == []  # two steps unrolled
     assert check(name, good + collections.Counter({"LDL/STL": 2}))
-    assert check(name, good + collections.Counter({"BAR": 1}))
+    assert check(name, good + collections.Counter({"BAR": 1}))  # two barriers in one step
     assert check(name, good - collections.Counter({"FMA": 100}))
+    assert check(name, good - collections.Counter({"BAR": 1}))
     assert check("recurrence_kernel<float, 8, Grid>", collections.Counter()) == []
-    mma = "resident_mma_kernel<Half, 8, false>"  # 3 unrolled steps of 8 HMMA and one barrier each
+    mma = "resident_mma_kernel<Half, 8, false>"  # 8 HMMA and one barrier a step
     assert check(mma, collections.Counter({"MMA": 24, "BAR": 3})) == []
     assert check(mma, collections.Counter({"MMA": 16, "BAR": 3}))  # an mma missing from a step
     assert check(mma, collections.Counter({"MMA": 24, "BAR": 3, "LDL/STL": 1}))

@@ -141,27 +141,28 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
       }
   }
 
-  // The values this lane owns after the reduction: (row j, batch row b), and whether it writes them.
+  // The values this lane owns after the reduction: (row j, batch row b), whether it writes them, and
+  // their index in buf / y at processed step 0 (step s: + s·stride).
   const bool writer = writes_outputs<S::KL, V>(kl);
   int own_j[NF], own_b[NF];
   bool own[NF];
+  int64_t first[NF];
+  const int64_t stride = step_stride(B, ld, asc);
 #pragma unroll
   for (int i = 0; i < NF; ++i) {
     const int v = owned_value<S::KL, V>(kl, i);
     own_j[i] = S::row(warp, lane, v / BT);
     own_b[i] = v % BT;
     own[i] = writer && own_j[i] < H && own_b[i] < nb;
+    first[i] = element_at_step0(T, B, ld, c0, own_b[i], d, H, own_j[i], asc);
   }
-  auto element = [&](int64_t step, int i) {  // index in buf / y of the owned value i at processed step
-    const int64_t t = asc ? step : T - 1 - step;
-    return (t * B + c0 + own_b[i]) * ld + int64_t(d) * H + own_j[i];
-  };
   auto issue = [&](int64_t step) {
     if (step < T) {
+      const int64_t offset = step * stride;
 #pragma unroll
       for (int i = 0; i < NF; ++i) {
         if (!own[i]) continue;
-        const int64_t e = element(step, i);
+        const int64_t e = first[i] + offset;
         copy_async4(ring + ring_index(S::NT, INPUTS, NF, step, 0, i, tid), buf + e);
         if constexpr (Backward) copy_async4(ring + ring_index(S::NT, INPUTS, NF, step, 1, i, tid), yv + e);
       }
@@ -184,6 +185,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, s, 0, 0), lane, m);
     reduce_stage<S::KL, V, 1>(m, lane);
     wait_copies<kPrefetch>();
+    const int64_t offset = s * stride;
 #pragma unroll
     for (int i = 0; i < NF; ++i) {
       if (!own[i]) continue;
@@ -198,7 +200,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
         const float g = in + (s == 0 ? h_in[(c0 + b) * H + j] : m[i]);
         v = p.relu ? (y <= 0.f ? 0.f : g) : g * (1.f - y * y);
       }
-      buf[element(s, i)] = v;
+      buf[first[i] + offset] = v;
       state[state_index(S::HK, BT, s + 1, b, j)] = v;
     }
     __syncthreads();

@@ -118,6 +118,16 @@ FUSED_RNN_HD int64_t ring_index(int NT, int inputs, int owned, int64_t step, int
   return (((step % kRing) * inputs + input) * owned + i) * int64_t(NT) + tid;
 }
 
+// Where the value (batch row b of the tile at c0, unit j, direction d) of processed step `step` lives
+// in the step-major buffers [T·B, D·H]: element_at_step0 + step·step_stride (t = step ascending, or
+// T - 1 - step descending). Computed once per lane, so a step adds one product instead of
+// recomputing the whole index.
+FUSED_RNN_HD int64_t step_stride(int64_t B, int64_t ld, bool ascending) { return ascending ? B * ld : -B * ld; }
+FUSED_RNN_HD int64_t element_at_step0(int64_t T, int64_t B, int64_t ld, int64_t c0, int b, int d, int64_t H, int j,
+                                      bool ascending) {
+  return ((ascending ? 0 : T - 1) * B + c0 + b) * ld + int64_t(d) * H + j;
+}
+
 // The shapes, smallest first; the launcher takes the first whose capacities hold H.
 //   H ≤ 32:  4 warps, 8 k values per lane                 W: 8 registers per lane
 //   H ≤ 64:  8 warps, 16 k values per lane                W: 16
