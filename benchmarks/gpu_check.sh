@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one command for an H100/H200 machine (torch, nvcc and ninja installed, no network):
 #   1. build the CUDA kernels for this GPU (TORCH_CUDA_ARCH_LIST from nvidia-smi, all cores)
+#   1b. microbenchmarks of synchronisation and chain costs (benchmarks/microbench/sync_costs.cu)
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
@@ -72,6 +73,12 @@ stage build 300 "TORCH_CUDA_ARCH_LIST=${CAP:-unset}, MAX_JOBS=$(nproc)" \
   env TORCH_CUDA_ARCH_LIST="${CAP:-9.0}" MAX_JOBS="$(nproc)" FUSED_RNN_CUDA=1 "$PY" setup.py build_ext --inplace
 stage import 60 "fused_rnn.cuda_available()" \
   "$PY" -c "import fused_rnn, torch; assert fused_rnn.cuda_available(), 'built without CUDA'; print(torch.cuda.get_device_name())"
+
+# 1b. microbenchmarks of the step's building blocks (FFMA/tanhf/mma chains, __syncthreads, cluster
+#     barrier and DSMEM exchange for clusters of 2..16, grid.sync): standalone, no torch
+stage sync_costs 60 "benchmarks/microbench/sync_costs.cu" \
+  bash -c "nvcc -std=c++17 -O3 -arch=sm_${CAP/./} benchmarks/microbench/sync_costs.cu -o '$WORK/sync_costs' \
+           && '$WORK/sync_costs' | tee '$WORK/sync_costs.md'"
 
 # 2. CUDA tests
 stage tests 170 "tests/test_cuda.py" \

@@ -133,6 +133,10 @@ def main():
         lines += ncu
     for d, md in bench_md.items():
         lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
+    costs = os.path.join(work, "sync_costs.md")
+    if os.path.exists(costs):
+        lines += ["", "## Synchronisation and chain costs (benchmarks/microbench/sync_costs.cu)", "",
+                  open(costs).read().replace("# Synchronisation and chain costs: ", "", 1)]
     probe = os.path.join(work, "racecheck_probe.md")
     if os.path.exists(probe):
         lines += ["", "## racecheck probe (benchmarks/racecheck_probe/racecheck_probe.py)", "", open(probe).read()]
