@@ -81,8 +81,14 @@ stage sync_costs 60 "benchmarks/microbench/sync_costs.cu" \
            && '$WORK/sync_costs' | tee '$WORK/sync_costs.md'"
 
 # 2. CUDA tests
-stage tests 170 "tests/test_cuda.py" \
-  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
+#    The opt-in resident regimes in a process of their own, after the rest: a fault in a kernel that
+#    never ran before must not take the validated tests' CUDA context down with it.
+stage tests 170 "tests/test_cuda.py -k 'not resident'" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "not resident" \
+  --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
+stage tests_resident 120 "tests/test_cuda.py -k resident" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k resident \
+  --junitxml="$WORK/test_cuda_resident.xml" -o junit_family=xunit1
 
 # 3. benchmark (before the sanitizers, so that a slow sanitizer cannot cost the numbers)
 stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
@@ -127,11 +133,12 @@ for tool in memcheck racecheck; do
     printf '%s\t-\t0\tcompute-sanitizer not found\n' "$tool" >> "$WORK/stages.tsv"
     continue
   fi
-  stage "$tool" 75 "kernel filter kns=recurrence_kernel" \
-    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=recurrence_kernel "$PY" benchmarks/gpu_sanitize.py
+  stage "$tool" 75 "kernel filter kns=recurrence_kernel, regimes auto grid step gemm" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=recurrence_kernel "$PY" benchmarks/gpu_sanitize.py \
+    auto grid step gemm
   if grep -qi "unrecognized\|invalid option\|unknown option" "$WORK/$tool.log"; then
     stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
-      "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py
+      "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py auto grid step gemm
   fi
   stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
     "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \

@@ -51,8 +51,8 @@ def stages(work):
     return rows
 
 
-def tests(work):
-    path = os.path.join(work, "test_cuda.xml")
+def tests(work, name="test_cuda.xml"):
+    path = os.path.join(work, name)
     if not os.path.exists(path):
         return {"summary": "no junit report (tests did not run or were cut off)"}
     root = ET.parse(path).getroot()
@@ -97,6 +97,7 @@ def main():
     env = environment()
     st = stages(work)
     tr = tests(work)
+    tr_resident = tests(work, "test_cuda_resident.xml")
     san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
     bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
@@ -118,14 +119,16 @@ def main():
                  "benchmark states its own setting below |")
     lines += ["", "## Stages", "", "| stage | exit code | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['exit_code']} | {r['seconds']} | {r['note']} |" for r in st]
-    lines += ["", "## tests/test_cuda.py", ""]
-    if "tests" in tr:
-        lines.append(f"{tr['tests']} tests, {tr['failures']} failures, {tr['errors']} errors, "
-                     f"{tr['skipped']} skipped, {tr['time']} s")
-        for f in tr["failed"]:
-            lines.append(f"- FAILED `{f['test']}`: {f['message']}")
-    else:
-        lines.append(tr["summary"])
+    for title, result in (("tests/test_cuda.py (all but the resident regimes)", tr),
+                          ("tests/test_cuda.py -k resident (the opt-in resident regimes)", tr_resident)):
+        lines += ["", f"## {title}", ""]
+        if "tests" in result:
+            lines.append(f"{result['tests']} tests, {result['failures']} failures, {result['errors']} errors, "
+                         f"{result['skipped']} skipped, {result['time']} s")
+            for f in result["failed"]:
+                lines.append(f"- FAILED `{f['test']}`: {f['message']}")
+        else:
+            lines.append(result["summary"])
     lines += ["", "## compute-sanitizer (benchmarks/gpu_sanitize.py: every regime, fwd + bwd)", ""]
     lines += [f"- {tool}: {summary}" for tool, summary in san.items()]
     if ncu:
@@ -146,7 +149,7 @@ def main():
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(json_path, "w") as f:
-        json.dump({"environment": env, "stages": st, "tests": tr, "sanitizer": san, "benchmark": bench}, f, indent=1)
+        json.dump({"environment": env, "stages": st, "tests": tr, "tests_resident": tr_resident, "sanitizer": san, "benchmark": bench}, f, indent=1)
     print(f"wrote {md_path} and {json_path}")
 
 
