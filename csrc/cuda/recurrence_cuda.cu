@@ -68,7 +68,7 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
                     w_hh.data_ptr(), steps.defined() ? steps.data_ptr<int64_t>() : nullptr, nullptr,
                     T, B, H, D, relu, backward};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (cuda::forced_regime() == cuda::ForcedRegime::Resident && launch_resident_regime(p, buf.scalar_type(), stream)) {
+  if (switches::cuda_regime() == switches::CudaRegime::Resident && launch_resident_regime(p, buf.scalar_type(), stream)) {
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
@@ -84,11 +84,11 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   if (st != at::kFloat && st != at::kDouble) return false;
-  switch (cuda::forced_regime()) {
-    case cuda::ForcedRegime::Gemm: return true;
-    case cuda::ForcedRegime::Grid:
-    case cuda::ForcedRegime::Step: return false;
-    case cuda::ForcedRegime::Resident:
+  switch (switches::cuda_regime()) {
+    case switches::CudaRegime::Gemm: return true;
+    case switches::CudaRegime::Grid:
+    case switches::CudaRegime::Step: return false;
+    case switches::CudaRegime::Resident:
       if (st == at::kFloat && H <= resident::kMaxHidden) return false;
       return B * H * H >= kGemmRecurrenceMinWork;
     default: return B * H * H >= kGemmRecurrenceMinWork;

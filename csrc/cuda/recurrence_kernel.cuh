@@ -424,28 +424,16 @@ void launch_steps(RecParams p, const DeviceInfo& dev, at::Device device, cudaStr
   }
 }
 
-// The FUSED_RNN_CUDA_REGIME switch (switches.h) forces a regime, so that tests and
+// The FUSED_RNN_CUDA_REGIME switch (switches.h: one enum for every forced regime) lets tests and
 // compute-sanitizer cover every path at small sizes: grid or step skip the faster kernels, gemm
 // takes the per-step GEMM path (chosen in recurrence_cuda.cu, float32/float64 only), resident the
-// SM-resident kernel (resident_cuda.cu: float32, uniform batch, H <= resident::kMaxHidden; other
-// calls take the automatic choice).
-enum class ForcedRegime { None, Grid, Step, Gemm, Resident };
-
-inline ForcedRegime forced_regime() {
-  switch (switches::cuda_regime()) {
-    case switches::CudaRegime::Grid: return ForcedRegime::Grid;
-    case switches::CudaRegime::Step: return ForcedRegime::Step;
-    case switches::CudaRegime::Gemm: return ForcedRegime::Gemm;
-    case switches::CudaRegime::Resident: return ForcedRegime::Resident;
-    default: return ForcedRegime::None;
-  }
-}
-
+// SM-resident kernels (resident_cuda.cu, resident_mma_cuda.cu; calls outside them take the
+// automatic choice).
 // The first kernel regime launch_recurrence tries.
 inline Mode first_regime() {
-  switch (forced_regime()) {
-    case ForcedRegime::Grid: return Mode::Grid;
-    case ForcedRegime::Step: return Mode::Step;
+  switch (switches::cuda_regime()) {
+    case switches::CudaRegime::Grid: return Mode::Grid;
+    case switches::CudaRegime::Step: return Mode::Step;
     default: return Mode::Single;
   }
 }
