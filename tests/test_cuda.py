@@ -188,12 +188,18 @@ def test_batch_tiles(B, H):
 @pytest.mark.parametrize("regime", ["grid", "step", "gemm"])
 def test_forced_regimes(regime, dtype, B, switch):
     """FUSED_RNN_CUDA_REGIME forces the cooperative and the per-step kernels, or the per-step GEMM
-    path (float32/float64 only; bfloat16 stays in the kernel, in one CTA per batch tile at this H),
-    at small sizes."""
+    path (every dtype; bfloat16 takes it only when forced), at small sizes."""
     switch("FUSED_RNN_CUDA_REGIME", regime)
     ran = compare(dtype=dtype, H=40, T=6, B=B, num_layers=2, bidirectional=True, packed="unsorted" if B > 1 else None,
                   nonlinearity="relu" if dtype == torch.float32 else "tanh")
-    assert ran == ("single" if regime == "gemm" and dtype == torch.bfloat16 else regime)
+    assert ran == regime
+
+
+@pytest.mark.parametrize("H,B", [(300, 64), (1024, 8)])
+def test_forced_gemm_path_in_float16(H, B, switch):
+    """The per-step GEMM path in float16 (opt-in) against cuDNN float16, 2x rule."""
+    switch("FUSED_RNN_CUDA_REGIME", "gemm")
+    assert compare(dtype=torch.float16, H=H, B=B, T=5, num_layers=2, bidirectional=True) == "gemm"
 
 
 # The SM-resident regime (csrc/cuda/resident_cuda.cu), forced: every shape of resident_layout.h

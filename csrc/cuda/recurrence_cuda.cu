@@ -78,20 +78,23 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
 
 // The per-step GEMM recurrence (recurrence_gemm.cpp) instead of the persistent kernel: float32 and
 // float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
-// faster than the kernel's per-CTA mat-vec. The half types stay in the kernel, whose fp32 state keeps
-// them as accurate as cuDNN. The FUSED_RNN_CUDA_REGIME switch: gemm forces it (float32/float64
-// only), grid or step rule it out, resident rules it out where the resident kernel applies.
+// faster than the kernel's per-CTA mat-vec. The FUSED_RNN_CUDA_REGIME switch: gemm forces it for
+// every dtype, grid or step rule it out, resident rules it out where a resident kernel applies.
+// float16/bfloat16 take it only when forced (opt-in until a GPU run measures where it wins): cuBLAS
+// accumulates in fp32, and each step's pre-activation and h are rounded to the half type, as in
+// nn.RNN's own half-precision paths.
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
-  if (st != at::kFloat && st != at::kDouble) return false;
+  const bool half = st == at::kHalf || st == at::kBFloat16;
+  if (st != at::kFloat && st != at::kDouble && !half) return false;
   switch (switches::cuda_regime()) {
     case switches::CudaRegime::Gemm: return true;
     case switches::CudaRegime::Grid:
     case switches::CudaRegime::Step: return false;
     case switches::CudaRegime::Resident:
-      if (st == at::kFloat && H <= resident::kMaxHidden) return false;
+      if (half || (st == at::kFloat && H <= resident::kMaxHidden)) return false;
       return B * H * H >= kGemmRecurrenceMinWork;
-    default: return B * H * H >= kGemmRecurrenceMinWork;
+    default: return !half && B * H * H >= kGemmRecurrenceMinWork;
   }
 }
 
