@@ -100,11 +100,12 @@ stage bench_tf32_fp16 90 "benchmarks/benchmark.py --device cuda --quick --dtype 
 
 # 3c. the SM-resident regime (opt-in until a run of this check passes its tests): the same float32
 #     shapes forced to it and in the default regime (an A/B on this card), TF32 off, then on
-RESIDENT_SHAPES="1,128,32,32 1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
-256,128,128,128 1,128,192,192 64,128,192,192 256,128,192,192 16,128,64,128,2,T"
+RESIDENT_SHAPES="1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
+256,128,128,128 1,128,192,192 64,128,192,192 1,128,256,256 64,128,256,256 256,128,256,256 1,128,512,512
+64,128,512,512 16,128,64,128,2,T"
 for run in "resident off" "auto off" "resident on" "auto on"; do
   set -- $run
-  stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 192 (TF32 on: the tensor-core kernel)" \
+  stage "bench_resident_$1_tf32_$2" 60 "--cuda-regime $1 --tf32 $2, H <= 512 (TF32 on: the tensor-core kernel to 192)" \
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 "$2" --cuda-regime "$1" \
     --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
 done

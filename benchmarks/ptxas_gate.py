@@ -34,10 +34,10 @@ MAX_THREADS = max_threads()
 
 def launch_threads(name):
     """The threads per CTA a kernel is launched with (its __launch_bounds__), from its short name:
-    resident_kernel<Shape<KL, KPT, R, NW, MaxBT>, BT, Backward> runs NW warps (resident_layout.h);
+    resident_kernel<Shape<KL, KPT, R, NW, MaxBT, C>, BT, Backward> runs NW warps (resident_layout.h);
     resident_mma_kernel<T, KT, Backward> one warp per 16 of its KT·K rows (mma_layout.h);
     recurrence_kernel up to kMaxThreads."""
-    m = re.search(r"Shape<\d+, \d+, \d+, (\d+), \d+>", name)
+    m = re.search(r"Shape<\d+, \d+, \d+, (\d+), \d+(?:, \d+)?>", name)
     if m:
         return 32 * int(m.group(1))
     # resident_mma_kernel<T, KT, Backward>: a warp per 16 rows of KT k tiles of 8 (tf32) or 16 elements

@@ -108,10 +108,10 @@ def resident_expectations(name):
     lane (resident_layout.h), or None for other kernels: at least R·KPT·BT FMAs (the mat-vec), one
     barrier, the reduce-scatter's shuffles (a stage that halves n values sends n/2, an all-reduce
     stage 1), no local memory."""
-    m = re.search(r"resident_kernel<Shape<(\d+), (\d+), (\d+), \d+, \d+>, (\d+),", name)
+    m = re.search(r"resident_kernel<Shape<(\d+), (\d+), (\d+), \d+, \d+(?:, (\d+))?>, (\d+),", name)
     if not m:
         return None
-    kl, kpt, r, bt = map(int, m.groups())
+    kl, kpt, r, bt = (int(m.group(i)) for i in (1, 2, 3, 5))
     n, shuffles, mask = r * bt, 0, 1
     while mask < kl:
         shuffles += n // 2 if n >= 2 else 1

@@ -155,7 +155,7 @@ PyMethodDef methods[] = {
      "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
     {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
      "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'resident', "
-     "'resident_mma', 'resident_tf32'; '' before any)."},
+     "'resident_cluster', 'resident_mma', 'resident_tf32'; '' before any)."},
     {nullptr, nullptr, 0, nullptr}};
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
 

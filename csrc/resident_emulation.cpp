@@ -10,8 +10,11 @@
 //     the arguments of one layer's recurrence (recurrence.h, uniform batch, float64):
 //     buf [T*B, D*H] (pre-activations, or g in BPTT), y [T*B, D*H] (BPTT; else empty),
 //     h_in [D, B, H], w_hh [D, H, H]; sms: the SM count the launch plan assumes.
-//     Returns new tensors: buf after the recurrence (h_t or δ_t) and h_out (hy or dh0).
-//   torch.ops.fused_rnn_emulation.resident_plan(H, B, D, sms) -> [shape, bt, ctas, threads, HK, HJ]
+//     Returns new tensors: buf after the recurrence (h_t or δ_t) and h_out (hy or dh0). The plan
+//     assumes an sm_90 GPU: from H = 193 a cluster's CTAs split the rows, each writing its units
+//     into every CTA's state (the emulation keeps one state per CTA).
+//   torch.ops.fused_rnn_emulation.resident_plan(H, B, D, sms) -> [shape, bt, ctas, threads, k capacity,
+//     row capacity (of the cluster), CTAs per cluster]
 //   torch.ops.fused_rnn_emulation.resident_mma(buf, y, h_in, w_hh, relu, backward, shape) -> (buf, h_out)
 //     the same for the tensor-core kernel (cuda/resident_mma_cuda.cu, cuda/mma_layout.h), shape
 //     "m16n8k16" (float16/bfloat16) or "m16n8k8" (TF32): the PTX ISA fragment layouts, the A
@@ -45,11 +48,12 @@ void check_mapping(int64_t H) {
       for (int k = 0; k < S::HK; ++k) TORCH_CHECK(seen[k] == 1, "resident mapping: k ", k, " held ", seen[k], " times");
     }
   }
-  // Rows 0 .. H - 1 each held by exactly one row group and slot r.
-  std::vector<int> rows(S::HJ, 0);
-  for (int warp = 0; warp < S::NW; ++warp)
-    for (int jl = 0; jl < S::JL; ++jl)
-      for (int r = 0; r < S::R; ++r) ++rows.at(S::row(warp, jl * S::KL, r));
+  // Rows 0 .. H - 1 each held by exactly one CTA of the cluster, row group and slot r.
+  std::vector<int> rows(size_t(S::C) * S::HJ, 0);
+  for (int rank = 0; rank < S::C; ++rank)
+    for (int warp = 0; warp < S::NW; ++warp)
+      for (int jl = 0; jl < S::JL; ++jl)
+        for (int r = 0; r < S::R; ++r) ++rows.at(S::row_in_cluster(rank, warp, jl * S::KL, r));
   for (int64_t j = 0; j < H; ++j) TORCH_CHECK(rows[j] == 1, "resident mapping: row ", j, " held ", rows[j], " times");
   // A float4 shared-memory load serves a quarter-warp (8 lanes, 128 bytes) per cycle: its lanes
   // must read the same chunk (a broadcast) or chunks in distinct groups of four banks.
@@ -76,10 +80,13 @@ struct Tensors {
   bool relu;
 };
 
-// One CTA: batch tile starting at c0, direction d.
+// One cluster of S::C CTAs (one CTA when C = 1): batch tile starting at c0, direction d. Each CTA
+// (rank) has its own registers, state and prefetch ring; its epilogue writes every CTA's state, as
+// the kernel's distributed shared-memory stores do.
 template <class S, int BT, bool Backward>
 void emulate_cta(const Tensors& a, int64_t c0, int d) {
   constexpr int V = S::R * BT, NF = owned_count<S::KL, V>(), C = chains<V>(), INPUTS = Backward ? 2 : 1;
+  constexpr int CTAS = S::C;
   const int64_t T = a.T, B = a.B, ld = a.D * a.H;
   const int H = static_cast<int>(a.H);
   const int nb = static_cast<int>(B - c0 < BT ? B - c0 : BT);
@@ -88,55 +95,60 @@ void emulate_cta(const Tensors& a, int64_t c0, int d) {
   const double* h_in = a.h_in + int64_t(d) * B * H;
   double* h_out = a.h_out + int64_t(d) * B * H;
 
-  // Registers: w[tid][r][k], the kernel's w[r][4q + e].
-  std::vector<double> wreg(size_t(S::NT) * S::R * S::KPT);
-  auto W = [&](int tid, int r, int kk) -> double& { return wreg[(size_t(tid) * S::R + r) * S::KPT + kk]; };
-  for (int tid = 0; tid < S::NT; ++tid) {
-    const int warp = tid / kWarp, lane = tid % kWarp;
-    for (int r = 0; r < S::R; ++r) {
-      const int j = S::row(warp, lane, r);
-      for (int q = 0; q < S::QN; ++q)
-        for (int e = 0; e < 4; ++e) {
-          const int k = 4 * S::chunk(lane, q) + e;
-          W(tid, r, 4 * q + e) = j < H && k < H ? (Backward ? wg[int64_t(k) * H + j] : wg[int64_t(j) * H + k]) : 0.;
-        }
+  // Registers: w[rank][tid][r][k], the kernel's w[r][4q + e] of CTA rank.
+  std::vector<double> wreg(size_t(CTAS) * S::NT * S::R * S::KPT);
+  auto W = [&](int rank, int tid, int r, int kk) -> double& {
+    return wreg[((size_t(rank) * S::NT + tid) * S::R + r) * S::KPT + kk];
+  };
+  for (int rank = 0; rank < CTAS; ++rank)
+    for (int tid = 0; tid < S::NT; ++tid) {
+      const int warp = tid / kWarp, lane = tid % kWarp;
+      for (int r = 0; r < S::R; ++r) {
+        const int j = S::row_in_cluster(rank, warp, lane, r);
+        for (int q = 0; q < S::QN; ++q)
+          for (int e = 0; e < 4; ++e) {
+            const int k = 4 * S::chunk(lane, q) + e;
+            W(rank, tid, r, 4 * q + e) = j < H && k < H ? (Backward ? wg[int64_t(k) * H + j] : wg[int64_t(j) * H + k]) : 0.;
+          }
+      }
     }
-  }
   // The kernel's indexing: the element at processed step 0 plus step · stride.
   auto element = [&](int64_t step, int b, int j) {
     return element_at_step0(T, B, ld, c0, b, d, H, j, asc) + step * step_stride(B, ld, asc);
   };
   // Owned (j, b) of each thread's value i, or j = -1 where it writes nothing.
-  auto owned = [&](int tid, int i, int& j, int& b) {
+  auto owned = [&](int rank, int tid, int i, int& j, int& b) {
     const int warp = tid / kWarp, lane = tid % kWarp, kl = lane % S::KL;
     const int v = owned_value<S::KL, V>(kl, i);
-    j = S::row(warp, lane, v / BT);
+    j = S::row_in_cluster(rank, warp, lane, v / BT);
     b = v % BT;
     if (!writes_outputs<S::KL, V>(kl) || j >= H || b >= nb) j = -1;
   };
 
-  std::vector<double> state(state_words<S, BT>(), 0.);
-  std::vector<double> ring(size_t(kRing) * INPUTS * NF * S::NT, std::nan(""));
+  std::vector<std::vector<double>> state(CTAS, std::vector<double>(state_words<S, BT>(), 0.));
+  std::vector<std::vector<double>> ring(CTAS, std::vector<double>(size_t(kRing) * INPUTS * NF * S::NT, std::nan("")));
   if (!Backward) {
-    for (int b = 0; b < nb; ++b)
-      for (int k = 0; k < H; ++k) state[state_index(S::HK, BT, 0, b, k)] = h_in[(c0 + b) * H + k];
+    for (int rank = 0; rank < CTAS; ++rank)
+      for (int b = 0; b < nb; ++b)
+        for (int k = 0; k < H; ++k) state[rank][state_index(S::HK, BT, 0, b, k)] = h_in[(c0 + b) * H + k];
   }
   auto issue = [&](int64_t step) {
     if (step >= T) return;
-    for (int tid = 0; tid < S::NT; ++tid)
-      for (int i = 0; i < NF; ++i) {
-        int j, b;
-        owned(tid, i, j, b);
-        if (j < 0) continue;
-        const int64_t e = element(step, b, j);
-        ring[ring_index(S::NT, INPUTS, NF, step, 0, i, tid)] = a.buf[e];
-        if (Backward) ring[ring_index(S::NT, INPUTS, NF, step, 1, i, tid)] = a.y[e];
-      }
+    for (int rank = 0; rank < CTAS; ++rank)
+      for (int tid = 0; tid < S::NT; ++tid)
+        for (int i = 0; i < NF; ++i) {
+          int j, b;
+          owned(rank, tid, i, j, b);
+          if (j < 0) continue;
+          const int64_t e = element(step, b, j);
+          ring[rank][ring_index(S::NT, INPUTS, NF, step, 0, i, tid)] = a.buf[e];
+          if (Backward) ring[rank][ring_index(S::NT, INPUTS, NF, step, 1, i, tid)] = a.y[e];
+        }
   };
-  // The partial sums of every lane of a warp, then the reduce-scatter across its lanes.
+  // The partial sums of every lane of a warp of CTA rank, then the reduce-scatter across its lanes.
   std::vector<std::array<double, V>> vals(kWarp);
-  auto warp_matvec = [&](int warp, int64_t step) {
-    const double* st = state.data() + state_index(S::HK, BT, step, 0, 0);
+  auto warp_matvec = [&](int rank, int warp, int64_t step) {
+    const double* st = state[rank].data() + state_index(S::HK, BT, step, 0, 0);
     for (int lane = 0; lane < kWarp; ++lane) {
       const int tid = warp * kWarp + lane;
       std::array<std::array<double, V>, C> acc{};
@@ -144,7 +156,7 @@ void emulate_cta(const Tensors& a, int64_t c0, int d) {
         for (int b = 0; b < BT; ++b) {
           const double* x = st + b * S::HK + 4 * S::chunk(lane, q);
           for (int r = 0; r < S::R; ++r)
-            for (int e = 0; e < 4; ++e) acc[q % C][r * BT + b] += W(tid, r, 4 * q + e) * x[e];
+            for (int e = 0; e < 4; ++e) acc[q % C][r * BT + b] += W(rank, tid, r, 4 * q + e) * x[e];
         }
       for (int i = 0; i < V; ++i) {
         double sum = acc[0][i];
@@ -178,45 +190,49 @@ void emulate_cta(const Tensors& a, int64_t c0, int d) {
   for (int64_t s = 0; s < T; ++s) {
     issue(s + kPrefetch);
     std::fill(writes.begin(), writes.end(), 0);
-    for (int warp = 0; warp < S::NW; ++warp) {
-      warp_matvec(warp, s);
-      for (int lane = 0; lane < kWarp; ++lane) {
-        const int tid = warp * kWarp + lane;
-        for (int i = 0; i < NF; ++i) {
-          int j, b;
-          owned(tid, i, j, b);
-          if (j < 0) continue;
-          ++writes[size_t(b) * H + j];
-          const double in = ring[ring_index(S::NT, INPUTS, NF, s, 0, i, tid)];
-          double v;
-          if (!Backward) {
-            v = a.relu ? (in + vals[lane][i] < 0. ? 0. : in + vals[lane][i]) : std::tanh(in + vals[lane][i]);
-            if (s == T - 1) h_out[(c0 + b) * H + j] = v;
-          } else {
-            const double y = ring[ring_index(S::NT, INPUTS, NF, s, 1, i, tid)];
-            const double g = in + (s == 0 ? h_in[(c0 + b) * H + j] : vals[lane][i]);
-            v = a.relu ? (y <= 0. ? 0. : g) : g * (1. - y * y);
+    // Step s reads state[s] and writes state[s + 1] (the other buffer) of every CTA, so the order in
+    // which the emulation visits the CTAs cannot matter, as the kernel's one barrier per step needs.
+    for (int rank = 0; rank < CTAS; ++rank)
+      for (int warp = 0; warp < S::NW; ++warp) {
+        warp_matvec(rank, warp, s);
+        for (int lane = 0; lane < kWarp; ++lane) {
+          const int tid = warp * kWarp + lane;
+          for (int i = 0; i < NF; ++i) {
+            int j, b;
+            owned(rank, tid, i, j, b);
+            if (j < 0) continue;
+            ++writes[size_t(b) * H + j];
+            const double in = ring[rank][ring_index(S::NT, INPUTS, NF, s, 0, i, tid)];
+            double v;
+            if (!Backward) {
+              v = a.relu ? (in + vals[lane][i] < 0. ? 0. : in + vals[lane][i]) : std::tanh(in + vals[lane][i]);
+              if (s == T - 1) h_out[(c0 + b) * H + j] = v;
+            } else {
+              const double y = ring[rank][ring_index(S::NT, INPUTS, NF, s, 1, i, tid)];
+              const double g = in + (s == 0 ? h_in[(c0 + b) * H + j] : vals[lane][i]);
+              v = a.relu ? (y <= 0. ? 0. : g) : g * (1. - y * y);
+            }
+            a.buf[element(s, b, j)] = v;
+            for (int peer = 0; peer < CTAS; ++peer) state[peer][state_index(S::HK, BT, s + 1, b, j)] = v;
           }
-          a.buf[element(s, b, j)] = v;
-          state[state_index(S::HK, BT, s + 1, b, j)] = v;
         }
       }
-    }
     for (int b = 0; b < nb; ++b)
       for (int j = 0; j < H; ++j)
         TORCH_CHECK(writes[size_t(b) * H + j] == 1, "resident emulation: output (b ", b, ", j ", j, ") written ",
                     writes[size_t(b) * H + j], " times at step ", s);
   }
   if (Backward) {
-    for (int warp = 0; warp < S::NW; ++warp) {
-      warp_matvec(warp, T);
-      for (int lane = 0; lane < kWarp; ++lane)
-        for (int i = 0; i < NF; ++i) {
-          int j, b;
-          owned(warp * kWarp + lane, i, j, b);
-          if (j >= 0) h_out[(c0 + b) * H + j] = vals[lane][i];
-        }
-    }
+    for (int rank = 0; rank < CTAS; ++rank)
+      for (int warp = 0; warp < S::NW; ++warp) {
+        warp_matvec(rank, warp, T);
+        for (int lane = 0; lane < kWarp; ++lane)
+          for (int i = 0; i < NF; ++i) {
+            int j, b;
+            owned(rank, warp * kWarp + lane, i, j, b);
+            if (j >= 0) h_out[(c0 + b) * H + j] = vals[lane][i];
+          }
+      }
   }
 }
 
@@ -447,13 +463,13 @@ std::tuple<at::Tensor, at::Tensor> emulate_resident_mma(const at::Tensor& buf_in
 
 std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms) {
   const Plan p = plan(H, B, D, static_cast<int>(sms));
-  std::vector<int64_t> out{p.shape, p.bt, p.ctas, 0, 0, 0};
+  std::vector<int64_t> out{p.shape, p.bt, p.ctas, 0, 0, 0, p.cluster};
   if (p.shape >= 0) {
     with_shape(p.shape, [&](auto shape) {
       using S = decltype(shape);
       out[3] = S::NT;
       out[4] = S::HK;
-      out[5] = S::HJ;
+      out[5] = int64_t(S::C) * S::HJ;
     });
   }
   return out;

@@ -25,7 +25,8 @@ void set(const std::string& name, const std::string& value);
 std::string get(const std::string& name);
 
 // What ran, for tests and debugging: the regime of the last CUDA recurrence this thread launched
-// ("single", "grid", "step", "gemm", "resident", "resident_mma" or "resident_tf32"; "" before any).
+// ("single", "grid", "step", "gemm", "resident", "resident_cluster", "resident_mma" or
+// "resident_tf32"; "" before any).
 void record_cuda_regime(const char* regime);
 const char* last_cuda_regime();
 

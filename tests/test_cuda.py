@@ -227,15 +227,30 @@ def test_resident_regime_options(case, switch):
 
 
 @pytest.mark.parametrize("dtype,H,packed,expected", [
-    (torch.float32, 40, "unsorted", "single"),  # packed input: the general kernels
-    (torch.float32, 193, None, "single"),  # over the largest resident shape
-    (torch.float64, 40, None, "single"),  # no resident kernel for float64
-    (torch.bfloat16, 40, "sorted", "single"),
-    (torch.float16, 257, None, "single"),  # over the largest tile count of the tensor-core kernel
+    (torch.float32, 40, "unsorted", {"single"}),  # packed input: the general kernels
+    (torch.float32, 513, None, {"grid", "step"}),  # over the largest resident shape (clusters of 8)
+    (torch.float64, 40, None, {"single"}),  # no resident kernel for float64
+    (torch.bfloat16, 40, "sorted", {"single"}),
+    (torch.float16, 257, None, {"single"}),  # over the largest tile count of the tensor-core kernel
 ])
 def test_resident_regime_falls_back(dtype, H, packed, expected, switch):
     switch("FUSED_RNN_CUDA_REGIME", "resident")
-    assert compare(dtype=dtype, H=H, B=5, packed=packed, bidirectional=True) == expected
+    assert compare(dtype=dtype, H=H, B=5, packed=packed, bidirectional=True) in expected
+
+
+# The cluster shapes of the FFMA resident kernel (sm_90): clusters of 2 CTAs up to H = 256, of 8 up
+# to 512; batch tiles of 1 and 2 rows; a long sequence (many cluster barriers).
+RESIDENT_CLUSTER_CASES = [(193, 3, 6), (256, 64, 5), (256, 300, 4), (300, 2, 100), (512, 9, 5)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
+                    reason="thread-block clusters need sm_90")
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("H,B,T", RESIDENT_CLUSTER_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_CLUSTER_CASES])
+def test_resident_cluster_regime(H, B, T, nonlinearity, switch):
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
+    assert ran == "resident_cluster"
 
 
 # The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,

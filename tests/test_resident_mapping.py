@@ -63,7 +63,7 @@ def inputs(T, B, H, D, seed):
 
 
 CASES = [
-    # (T, B, H, D, sms): every shape (H up to 32, 64, 128, 192), odd sizes, sizes just past a
+    # (T, B, H, D, sms): every shape (H up to 32, 64, 128, 192; 256 and 512 in clusters), odd sizes, sizes just past a
     # shape's capacity, every batch tile (few SMs force the larger tiles), both directions
     (4, 1, 1, 1, H200_SMS),
     (3, 3, 7, 2, H200_SMS),
@@ -78,6 +78,11 @@ CASES = [
     (2, 1, 129, 1, H200_SMS),
     (2, 5, 192, 2, 2),
     (1, 1, 160, 1, H200_SMS),
+    # clusters (sm_90): 2 CTAs of 128 rows up to H = 256, 8 CTAs of 64 rows up to 512
+    (3, 3, 193, 1, H200_SMS),
+    (2, 5, 256, 2, 4),
+    (2, 2, 300, 1, H200_SMS),
+    (2, 3, 512, 2, H200_SMS),
 ]
 
 
@@ -100,7 +105,7 @@ def test_emulation_leaves_its_inputs_alone():
 
 
 def test_emulation_refuses_hidden_sizes_over_the_regime():
-    buf, y, h_in, w = inputs(2, 1, 193, 1, seed=2)
+    buf, y, h_in, w = inputs(2, 1, 513, 1, seed=2)
     with pytest.raises(RuntimeError, match="over the regime's largest shape"):
         emulation.resident(buf, y, h_in, w, False, False, H200_SMS)
 
@@ -108,14 +113,17 @@ def test_emulation_refuses_hidden_sizes_over_the_regime():
 @pytest.mark.parametrize(
     "H,B,D,sms,expected",
     [
-        # [shape, batch tile, CTAs, threads per CTA, k capacity, row capacity]
-        (20, 1, 1, H200_SMS, [0, 1, 1, 128, 32, 32]),
-        (64, 64, 1, H200_SMS, [1, 1, 64, 256, 64, 64]),  # one CTA per sequence: 64 SMs busy
-        (64, 64, 2, 64, [1, 2, 64, 256, 64, 64]),  # the tile grows only when the SMs run out
-        (128, 256, 1, H200_SMS, [2, 2, 128, 512, 128, 128]),
-        (128, 4096, 1, H200_SMS, [2, 8, 512, 512, 128, 128]),  # past 8 rows a tile: waves
-        (192, 1000, 1, H200_SMS, [3, 2, 500, 384, 192, 192]),  # H <= 192 tiles at most 2 rows
-        (193, 1, 1, H200_SMS, [-1, 0, 0, 0, 0, 0]),
+        # [shape, batch tile, CTAs, threads per CTA, k capacity, row capacity, CTAs per cluster]
+        (20, 1, 1, H200_SMS, [0, 1, 1, 128, 32, 32, 1]),
+        (64, 64, 1, H200_SMS, [1, 1, 64, 256, 64, 64, 1]),  # one CTA per sequence: 64 SMs busy
+        (64, 64, 2, 64, [1, 2, 64, 256, 64, 64, 1]),  # the tile grows only when the SMs run out
+        (128, 256, 1, H200_SMS, [2, 2, 128, 512, 128, 128, 1]),
+        (128, 4096, 1, H200_SMS, [2, 8, 512, 512, 128, 128, 1]),  # past 8 rows a tile: waves
+        (192, 1000, 1, H200_SMS, [3, 2, 500, 384, 192, 192, 1]),  # H <= 192 tiles at most 2 rows
+        (256, 64, 1, H200_SMS, [4, 1, 128, 512, 256, 256, 2]),  # 64 clusters of 2: 128 SMs busy
+        (256, 64, 2, H200_SMS, [4, 2, 128, 512, 256, 256, 2]),
+        (512, 1, 1, H200_SMS, [5, 1, 8, 512, 512, 512, 8]),
+        (513, 1, 1, H200_SMS, [-1, 0, 0, 0, 0, 0, 0]),
     ],
 )
 def test_launch_plan(H, B, D, sms, expected):

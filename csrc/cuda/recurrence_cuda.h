@@ -21,8 +21,9 @@ struct RecParams;
 template <typename T>
 void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t stream);
 // The SM-resident regime (resident_cuda.cu), float32 only: launches and returns true, or returns
-// false without launching when the call is outside it (packed input, H over its largest shape).
-bool launch_resident(const RecParams& p, int sms, cudaStream_t stream);
+// false without launching when the call is outside it (packed input, H over its largest shape, a
+// cluster shape where clusters is false (not sm_90) or the GPU cannot schedule the cluster).
+bool launch_resident(const RecParams& p, int sms, bool clusters, cudaStream_t stream);
 // The tensor-core resident regime (resident_mma_cuda.cu): float16 and bfloat16, and float32 on TF32
 // (the caller decides that TF32 is allowed). Launches and returns true, or returns false without
 // launching (packed input, H over its largest tile count, another dtype).

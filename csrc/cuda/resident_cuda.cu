@@ -1,6 +1,8 @@
 // The SM-resident recurrence regime for float32 (forward and BPTT of one layer, uniform batch,
 // H ≤ resident::kMaxHidden): M = W_hh (forward) or W_hhᵀ (BPTT) lives in registers for all T
-// steps, the state double-buffered in shared memory, one __syncthreads per step. The thread → data
+// steps, the state double-buffered in shared memory, one __syncthreads per step. From H = 193 the
+// rows are split over the CTAs of a thread-block cluster (sm_90), which write their units of h_t
+// into every peer's state through distributed shared memory, with one cluster barrier per step. The thread → data
 // mapping and the launch plan are in resident_layout.h, shared with the CPU emulation that tests
 // them; recurrence.h has the contract.
 //
@@ -11,9 +13,11 @@
 //   4. wait for step s's copies; epilogue on the values the lane owns:
 //        forward  h = act(pre + m)                 → out, state[s + 1], hy at the last step
 //        BPTT     δ = (g + m) ⊙ act'(y)            → dpre, state[s + 1]   (m = ghy at s = 0)
-//   5. __syncthreads (the only barrier: state[s + 1] complete, state[s] free to be overwritten)
+//   5. __syncthreads, or the cluster barrier (the only barrier: state[s + 1] complete in every CTA,
+//      state[s] free to be overwritten)
 // BPTT ends with one more mat-vec, dh0 = M·δ of the last processed step (dh0 = δ_0·W_hh).
 #include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include "cuda/rec_params.h"
@@ -107,6 +111,51 @@ __device__ __forceinline__ void lane_matvec(const float (&w)[S::R][S::KPT], cons
 
 __device__ __forceinline__ float activation(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
 
+// The cluster of C CTAs (sm_90; C = 1: the CTA alone). The cluster kernels are compiled for sm_80
+// too, where they are never launched (launch_resident plans no cluster there) and trap if they were.
+template <int C>
+__device__ __forceinline__ int cluster_rank() {
+  if constexpr (C == 1) {
+    return 0;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return static_cast<int>(cooperative_groups::this_cluster().block_rank());
+#else
+    __trap();
+    return 0;
+#endif
+  }
+}
+// The step barrier: the CTA's, or the cluster's (release/acquire: it also orders the distributed
+// shared-memory writes of the step before the peers' reads of the next).
+template <int C>
+__device__ __forceinline__ void step_barrier() {
+  if constexpr (C == 1) {
+    __syncthreads();
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#else
+    __trap();
+#endif
+  }
+}
+// state[i] = v in every CTA of the cluster.
+template <int C>
+__device__ __forceinline__ void store_everywhere(float* state, int64_t i, float v) {
+  if constexpr (C == 1) {
+    state[i] = v;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+#pragma unroll
+    for (int r = 0; r < C; ++r) cluster.map_shared_rank(state, r)[i] = v;
+#else
+    __trap();
+#endif
+  }
+}
+
 template <class S, int BT, bool Backward>
 __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   constexpr int V = S::R * BT, NF = owned_count<S::KL, V>(), INPUTS = Backward ? 2 : 1;
@@ -117,7 +166,8 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp, kl = lane % S::KL;
   const int H = static_cast<int>(p.H), d = static_cast<int>(blockIdx.y);
   const int64_t T = p.T, B = p.B, ld = p.D * p.H;
-  const int64_t c0 = int64_t(blockIdx.x) * BT;
+  const int64_t c0 = int64_t(blockIdx.x / S::C) * BT;
+  const int rank = cluster_rank<S::C>();  // this CTA's place in its cluster (0 without one)
   const int nb = static_cast<int>(B - c0 < BT ? B - c0 : BT);
   const bool asc = (d == 1) == Backward;  // forward: direction 0 ascending; BPTT the opposite
 
@@ -131,7 +181,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   float w[S::R][S::KPT];
 #pragma unroll
   for (int r = 0; r < S::R; ++r) {
-    const int j = S::row(warp, lane, r);
+    const int j = S::row_in_cluster(rank, warp, lane, r);
 #pragma unroll
     for (int q = 0; q < S::QN; ++q)
 #pragma unroll
@@ -151,7 +201,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
 #pragma unroll
   for (int i = 0; i < NF; ++i) {
     const int v = owned_value<S::KL, V>(kl, i);
-    own_j[i] = S::row(warp, lane, v / BT);
+    own_j[i] = S::row_in_cluster(rank, warp, lane, v / BT);
     own_b[i] = v % BT;
     own[i] = writer && own_j[i] < H && own_b[i] < nb;
     first[i] = element_at_step0(T, B, ld, c0, own_b[i], d, H, own_j[i], asc);
@@ -177,7 +227,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   }
 #pragma unroll
   for (int s = 0; s < kPrefetch; ++s) issue(s);
-  __syncthreads();
+  step_barrier<S::C>();  // a cluster's peers write into this state only once it is initialised
 
   float m[V];
   for (int64_t s = 0; s < T; ++s) {
@@ -201,9 +251,9 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
         v = p.relu ? (y <= 0.f ? 0.f : g) : g * (1.f - y * y);
       }
       buf[first[i] + offset] = v;
-      state[state_index(S::HK, BT, s + 1, b, j)] = v;
+      store_everywhere<S::C>(state, state_index(S::HK, BT, s + 1, b, j), v);
     }
-    __syncthreads();
+    step_barrier<S::C>();
   }
   if constexpr (Backward) {  // dh0 = M·δ of the last processed step (t = 0 forward order)
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, T, 0, 0), lane, m);
@@ -215,40 +265,58 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   wait_copies<0>();  // no copy outlives the CTA (the groups past T are empty)
 }
 
+// Launches, or returns false without launching when the GPU cannot schedule the cluster.
 template <class S, int BT, bool Backward>
-void launch(const RecParams& p, cudaStream_t stream) {
+bool launch(const RecParams& p, cudaStream_t stream) {
   auto kernel = &resident_kernel<S, BT, Backward>;
   constexpr int64_t smem = smem_bytes<S, BT, Backward>();
   static_assert(smem <= 227 * 1024, "shared memory over an sm_80/sm_90 CTA's limit");
   if constexpr (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  const dim3 grid(static_cast<unsigned>((p.B + BT - 1) / BT), static_cast<unsigned>(p.D));
-  kernel<<<grid, S::NT, smem, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>(S::C * ((p.B + BT - 1) / BT)), static_cast<unsigned>(p.D));
+  if constexpr (S::C == 1) {
+    kernel<<<grid, S::NT, smem, stream>>>(p);
+  } else {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(S::NT);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = S::C;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    if (clusters < 1) return false;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 }  // namespace
 
-bool launch_resident(const RecParams& p, int sms, cudaStream_t stream) {
+bool launch_resident(const RecParams& p, int sms, bool clusters, cudaStream_t stream) {
   if (p.steps != nullptr || p.H > kMaxHidden) return false;  // packed input: the general kernels
-  const Plan plan_ = plan(p.H, p.B, p.D, sms);
+  const Plan plan_ = plan(p.H, p.B, p.D, sms, clusters);
   if (plan_.shape < 0) return false;
+  bool launched = false;
   with_shape(plan_.shape, [&](auto shape) {
     using S = decltype(shape);
     with_batch_tile(plan_.bt, [&](auto btc) {
       constexpr int BT = decltype(btc)::value;
       if constexpr (BT <= S::MaxBT) {
-        if (p.backward) {
-          launch<S, BT, true>(p, stream);
-        } else {
-          launch<S, BT, false>(p, stream);
-        }
+        launched = p.backward ? launch<S, BT, true>(p, stream) : launch<S, BT, false>(p, stream);
       }
     });
   });
-  switches::record_cuda_regime("resident");
-  return true;
+  if (launched) switches::record_cuda_regime(plan_.cluster > 1 ? "resident_cluster" : "resident");
+  return launched;
 }
 
 }  // namespace cuda

@@ -35,25 +35,32 @@ constexpr int kWarp = 32;
 constexpr int kPrefetch = 3;
 constexpr int kRing = kPrefetch + 1;  // ring slots: step s reads slot s % kRing while s + kPrefetch fills
 
-// KL lanes split a row's k range (KL·KPT ≥ H), each lane holds R rows, NW warps.
-template <int KL_, int KPT_, int R_, int NW_, int MaxBT_>
+// KL lanes split a row's k range (KL·KPT ≥ H), each lane holds R rows, NW warps; C CTAs of a
+// thread-block cluster (sm_90) split the rows: CTA rank r holds rows r·HJ .. r·HJ + HJ - 1 of M,
+// computes those units of h_t and writes them into the state of every CTA of the cluster
+// (distributed shared memory), and a cluster barrier replaces the per-step __syncthreads.
+template <int KL_, int KPT_, int R_, int NW_, int MaxBT_, int C_ = 1>
 struct Shape {
   static constexpr int KL = KL_;
   static constexpr int KPT = KPT_;
   static constexpr int R = R_;
   static constexpr int NW = NW_;
   static constexpr int MaxBT = MaxBT_;  // largest batch tile whose registers fit (ptxas gate)
+  static constexpr int C = C_;          // CTAs per cluster (1: no cluster)
   static constexpr int JL = kWarp / KL;  // row groups per warp
   static constexpr int NT = NW * kWarp;  // threads per CTA
   static constexpr int QN = KPT / 4;     // float4 chunks per lane
   static constexpr int HK = KL * KPT;    // k capacity (v rows are padded to it with zeros)
-  static constexpr int HJ = NW * JL * R; // row capacity
+  static constexpr int HJ = NW * JL * R; // row capacity of one CTA (of the cluster: C·HJ)
   static_assert(KL == 2 || KL == 4 || KL == 8 || KL == 16, "KL: a power of two that divides a warp");
   static_assert(KPT % 4 == 0, "k values are read as float4 chunks");
   static_assert(R == 1 || R == 2 || R == 4, "the reduce-scatter halves R·BT values: a power of two");
   static_assert(NT <= 1024, "at most 1024 threads per CTA");
+  static_assert(C >= 1 && C <= 8, "a portable cluster: at most 8 CTAs");
 
   static FUSED_RNN_HD int row(int warp, int lane, int r) { return (warp * JL + lane / KL) * R + r; }
+  // The row of M that slot r of a lane holds in CTA `rank` of the cluster.
+  static FUSED_RNN_HD int row_in_cluster(int rank, int warp, int lane, int r) { return rank * HJ + row(warp, lane, r); }
   // Interleaved chunks: the 8 lanes of a quarter-warp read 8 distinct consecutive (or equal,
   // broadcast) 16-byte chunks, so a float4 shared-memory load has no bank conflict.
   static FUSED_RNN_HD int chunk(int lane, int q) { return q * KL + lane % KL; }
@@ -133,12 +140,19 @@ FUSED_RNN_HD int64_t element_at_step0(int64_t T, int64_t B, int64_t ld, int64_t 
 //   H ≤ 64:  8 warps, 16 k values per lane                W: 16
 //   H ≤ 128: 16 warps, 32 k values per lane               W: 32
 //   H ≤ 192: 12 warps, 48 k values and 2 rows per lane     W: 96 (384 threads: 168 registers a lane)
+//   H ≤ 256: clusters of 2 CTAs (sm_90), each 128 rows: 16 warps, 8 lanes × 32 k per row, 2 rows
+//            per lane                                      W: 64
+//   H ≤ 512: clusters of 8 CTAs (sm_90), each 64 rows: 16 warps, 16 lanes × 32 k per row, 2 rows
+//            per lane                                      W: 64
 using Shape32 = Shape<4, 8, 1, 4, 8>;
 using Shape64 = Shape<4, 16, 1, 8, 8>;
 using Shape128 = Shape<4, 32, 1, 16, 8>;
 using Shape192 = Shape<4, 48, 2, 12, 2>;
-constexpr int kShapes = 4;
-constexpr int64_t kMaxHidden = Shape192::HK;
+using Shape256C2 = Shape<8, 32, 2, 16, 2, 2>;
+using Shape512C8 = Shape<16, 32, 2, 16, 2, 8>;
+constexpr int kShapes = 6;
+constexpr int64_t kMaxHidden = Shape512C8::HK;         // with clusters (sm_90)
+constexpr int64_t kMaxHiddenOneCta = Shape192::HK;     // without
 
 template <class F>
 void with_shape(int shape, F&& f) {
@@ -146,7 +160,9 @@ void with_shape(int shape, F&& f) {
     case 0: f(Shape32{}); break;
     case 1: f(Shape64{}); break;
     case 2: f(Shape128{}); break;
-    default: f(Shape192{}); break;
+    case 3: f(Shape192{}); break;
+    case 4: f(Shape256C2{}); break;
+    default: f(Shape512C8{}); break;
   }
 }
 
@@ -163,20 +179,22 @@ void with_batch_tile(int bt, F&& f) {
 struct Plan {
   int shape = -1;  // index into the shapes above; -1: H too large for this regime
   int bt = 0;      // batch rows per CTA
+  int cluster = 0; // CTAs per cluster (the shape's C)
   int64_t ctas = 0;
 };
 
-// The shape that holds H, and the smallest batch tile whose CTAs (one per tile and direction)
-// still fit the SMs in one wave: a CTA's step time hardly depends on its batch rows, so more CTAs
-// of fewer rows finish sooner until the SMs run out.
-inline Plan plan(int64_t H, int64_t B, int64_t D, int sms) {
+// The shape that holds H (clusters only where the GPU has them: sm_90), and the smallest batch tile
+// whose CTAs (C per tile and direction) still fit the SMs in one wave: a CTA's step time hardly
+// depends on its batch rows, so more CTAs of fewer rows finish sooner until the SMs run out.
+inline Plan plan(int64_t H, int64_t B, int64_t D, int sms, bool clusters = true) {
   Plan p;
   int max_bt = 0;
   for (int s = 0; s < kShapes && p.shape < 0; ++s) {
     with_shape(s, [&](auto shape) {
       using S = decltype(shape);
-      if (H <= S::HK && H <= S::HJ) {
+      if (H <= S::HK && H <= int64_t(S::C) * S::HJ && (S::C == 1 || clusters)) {
         p.shape = s;
+        p.cluster = S::C;
         max_bt = S::MaxBT;
       }
     });
@@ -184,12 +202,12 @@ inline Plan plan(int64_t H, int64_t B, int64_t D, int sms) {
   if (p.shape < 0) return p;
   p.bt = max_bt;
   for (int bt = 1; bt < max_bt; bt *= 2) {
-    if (D * ((B + bt - 1) / bt) <= sms) {
+    if (p.cluster * D * ((B + bt - 1) / bt) <= sms) {
       p.bt = bt;
       break;
     }
   }
-  p.ctas = D * ((B + p.bt - 1) / p.bt);
+  p.ctas = p.cluster * D * ((B + p.bt - 1) / p.bt);
   return p;
 }
 
