@@ -96,6 +96,21 @@ __global__ void cluster_barrier() {
   if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
 }
 
+// The cluster barrier without its memory ordering (arrive.relaxed): what the release/acquire of
+// cluster.sync() costs on top (on sm_90 it compiles to MEMBAR.ALL.GPU before the arrive). Orders no
+// data, so it cannot replace cluster.sync() where peers' shared-memory writes must be seen.
+__global__ void cluster_barrier_relaxed() {
+  const long long t0 = clock64();
+  for (int i = 0; i < kReps; ++i) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+  }
+  const long long t1 = clock64();
+  if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
+}
+
 // Each CTA of the cluster writes `words` floats (its slice of h) into every peer's buffer, then the
 // cluster barrier: the exchange a cluster regime would do once per step.
 __global__ void dsmem_exchange(int words) {
@@ -193,11 +208,19 @@ int main() {
   if (major >= 9) {
     cudaFuncSetAttribute(reinterpret_cast<const void*>(cluster_barrier), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     cudaFuncSetAttribute(reinterpret_cast<const void*>(dsmem_exchange), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaFuncSetAttribute(reinterpret_cast<const void*>(cluster_barrier_relaxed),
+                         cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     for (int c : {2, 4, 8, 16}) {
-      const std::string name = "cluster barrier, cluster of " + std::to_string(c) + " x 256 threads";
+      const std::string name = "cluster.sync() (release/acquire), cluster of " + std::to_string(c) + " x 256 threads";
       timed(name.c_str(), [c] {
         return cluster_launch(reinterpret_cast<const void*>(cluster_barrier), c, 256, 0, nullptr) ? cudaSuccess
                                                                                                   : cudaErrorLaunchFailure;
+      });
+      const std::string relaxed = "cluster barrier arrive.relaxed (no ordering), cluster of " + std::to_string(c);
+      timed(relaxed.c_str(), [c] {
+        return cluster_launch(reinterpret_cast<const void*>(cluster_barrier_relaxed), c, 256, 0, nullptr)
+                   ? cudaSuccess
+                   : cudaErrorLaunchFailure;
       });
     }
     for (int c : {2, 4, 8, 16}) {
