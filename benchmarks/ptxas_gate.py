@@ -35,16 +35,19 @@ MAX_THREADS = max_threads()
 def launch_threads(name):
     """The threads per CTA a kernel is launched with (its __launch_bounds__), from its short name:
     resident_kernel<Shape<KL, KPT, R, NW, MaxBT, C>, BT, Backward> runs NW warps (resident_layout.h);
-    resident_mma_kernel<T, KT, Backward> one warp per 16 of its KT·K rows (mma_layout.h);
+    resident_mma_kernel<T, KT, KP, C, Backward> KP warps per 16-row tile of its CTA (mma_layout.h);
     recurrence_kernel up to kMaxThreads."""
     m = re.search(r"Shape<\d+, \d+, \d+, (\d+), \d+(?:, \d+)?>", name)
     if m:
         return 32 * int(m.group(1))
-    # resident_mma_kernel<T, KT, Backward>: a warp per 16 rows of KT k tiles of 8 (tf32) or 16 elements
-    m = re.search(r"resident_mma_kernel<(\w+), (\d+),", name)
+    # resident_mma_kernel<T, KT, KP, C, Backward> (mma_layout.h's Tiling): rows and k capacity
+    # KT·KP·K (K = 8 for tf32, else 16) in 16-row tiles, split over C CTAs, KP warps per tile
+    m = re.search(r"resident_mma_kernel<(\w+), (\d+), (\d+), (\d+),", name)
     if m:
         k = 8 if m.group(1) == "float" else 16
-        return 32 * -(-int(m.group(2)) * k // 16)
+        kt, kp, c = (int(m.group(i)) for i in (2, 3, 4))
+        tiles = -(-kt * kp * k // 16)
+        return 32 * -(-tiles // c) * kp
     return MAX_THREADS
 
 

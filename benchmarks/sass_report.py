@@ -121,10 +121,11 @@ def resident_expectations(name):
 
 
 def mma_expectations(name):
-    """What each step of a resident_mma_kernel<T, KT, Backward> must issue (mma_layout.h): one
-    tensor-core mma per k tile (HMMA) and one barrier, no local memory."""
-    m = re.search(r"resident_mma_kernel<\w+, (\d+),", name)
-    return {"MMA": int(m.group(1))} if m else None
+    """What each step of a resident_mma_kernel<T, KT, KP, C, Backward> must issue (mma_layout.h):
+    one tensor-core mma per k tile of the warp (HMMA), one barrier (two with k parts: the partial
+    sums meet behind a __syncthreads), no local memory."""
+    m = re.search(r"resident_mma_kernel<\w+, (\d+), (\d+), \d+,", name)
+    return {"MMA": int(m.group(1)), "barriers_per_step": 2 if int(m.group(2)) > 1 else 1} if m else None
 
 
 def check(name, loop):
@@ -136,9 +137,10 @@ def check(name, loop):
         return []
     if loop["LDL/STL"]:
         return [f"{loop['LDL/STL']} LDL/STL in the step loop (local memory)"]
-    steps = loop["BAR"]
-    if steps < 1:
-        return ["no barrier in the step loop"]
+    per_step = want.get("barriers_per_step", 1)
+    steps = loop["BAR"] // per_step
+    if steps < 1 or loop["BAR"] % per_step:
+        return [f"{loop['BAR']} barriers in the step loop, not a multiple of {per_step} per step"]
     bad = []
     if loop["FMA"] < steps * want.get("min_fma", 0):
         bad.append(f"{loop['FMA']} FMA over {steps} step(s) < {steps} x {want['min_fma']} "

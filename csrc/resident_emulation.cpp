@@ -254,128 +254,147 @@ void check_fragments() {
   for (int n : c) TORCH_CHECK(n == 1, "mma emulation: a C element held ", n, " times");
 }
 
-// One CTA (batch tile c0 .. c0 + 7, direction d) of resident_mma_kernel<., KT, Backward>, lane by
-// lane, in float64 (the kernel's operand rounding is not emulated: this checks the layout).
-template <class S, int KT, bool Backward>
+// One cluster (Tl::C CTAs; one CTA when C = 1) of resident_mma_kernel<., KT, KP, C, Backward>: batch
+// tile c0 .. c0 + 7, direction d, lane by lane, in float64 (the kernel's operand rounding is not
+// emulated: this checks the layout). Each CTA has its own state; the epilogue writes all of them.
+template <class Tl, bool Backward>
 void emulate_mma_cta(const Tensors& a, int64_t c0, int d) {
+  using S = typename Tl::Shape;
+  constexpr int KT = Tl::KT, KP = Tl::KP, CTAS = Tl::C, KTT = KT * KP;
   constexpr int C = mma::chains<KT>(), PER_WORD = 4 / S::kElementBytes;
   constexpr int a_elems = mma::kARegisters * S::kPerRegister;
   const int64_t T = a.T, B = a.B, ld = a.D * a.H;
-  const int H = static_cast<int>(a.H), NW = mma::warps_for(a.H);
+  const int H = static_cast<int>(a.H);
+  const int NW = KP == 1 && CTAS == 1 ? mma::warps_for(a.H) : Tl::kWarps;  // as the launcher launches
   const int nb = static_cast<int>(B - c0 < mma::kBatchTile ? B - c0 : mma::kBatchTile);
   const bool asc = (d == 1) == Backward;
   const double* wg = a.w + int64_t(d) * H * H;
   const double* h_in = a.h_in + int64_t(d) * B * H;
   double* h_out = a.h_out + int64_t(d) * B * H;
 
-  // A fragments: afrag[((warp·32 + lane)·KT + kt)·a_elems + i] = M[16·warp + a_row, kt·K + a_col].
-  std::vector<double> afrag(size_t(NW) * mma::kWarp * KT * a_elems);
-  for (int warp = 0; warp < NW; ++warp)
-    for (int lane = 0; lane < mma::kWarp; ++lane)
-      for (int kt = 0; kt < KT; ++kt)
-        for (int i = 0; i < a_elems; ++i) {
-          const int j = mma::kRowsPerWarp * warp + S::a_row(lane, i), k = kt * S::K + S::a_col(lane, i);
-          afrag[((size_t(warp) * mma::kWarp + lane) * KT + kt) * a_elems + i] =
-              j < H && k < H ? (Backward ? wg[k * H + j] : wg[j * H + k]) : 0.;
-        }
-  std::vector<double> state(size_t(2) * mma::kBatchTile * mma::state_row_words<S, KT>() * PER_WORD, 0.);
+  // A fragments: afrag[(((rank·NW + warp)·32 + lane)·KT + kt)·a_elems + i].
+  std::vector<double> afrag(size_t(CTAS) * NW * mma::kWarp * KT * a_elems);
+  auto A_at = [&](int rank, int warp, int lane, int kt, int i) -> double& {
+    return afrag[(((size_t(rank) * NW + warp) * mma::kWarp + lane) * KT + kt) * a_elems + i];
+  };
+  for (int rank = 0; rank < CTAS; ++rank)
+    for (int warp = 0; warp < NW; ++warp)
+      for (int lane = 0; lane < mma::kWarp; ++lane)
+        for (int kt = 0; kt < KT; ++kt)
+          for (int i = 0; i < a_elems; ++i) {
+            const int j = mma::kRowsPerWarp * Tl::tile(rank, warp) + S::a_row(lane, i);
+            const int k = Tl::k_part(warp) * KT * S::K + kt * S::K + S::a_col(lane, i);
+            A_at(rank, warp, lane, kt, i) = j < H && k < H ? (Backward ? wg[k * H + j] : wg[j * H + k]) : 0.;
+          }
+  std::vector<std::vector<double>> state(
+      CTAS, std::vector<double>(size_t(2) * mma::kBatchTile * mma::state_row_words<S, KTT>() * PER_WORD, 0.));
   if (!Backward) {
-    for (int b = 0; b < nb; ++b)
-      for (int k = 0; k < H; ++k) state[mma::state_element<S, KT>(0, b, k)] = h_in[(c0 + b) * H + k];
+    for (int rank = 0; rank < CTAS; ++rank)
+      for (int b = 0; b < nb; ++b)
+        for (int k = 0; k < H; ++k) state[rank][mma::state_element<S, KTT>(0, b, k)] = h_in[(c0 + b) * H + k];
   }
   const int64_t first_row = ((asc ? 0 : T - 1) * B + c0) * ld + int64_t(d) * H, step_rows = asc ? B * ld : -B * ld;
-  auto owned = [&](int warp, int lane, int i, int& j, int& b) {
-    j = mma::kRowsPerWarp * warp + mma::c_row(lane, i);
+  // The value i of a lane of (rank, warp): its row and batch row, and whether it is an output (the
+  // k part 0 warp of the tile owns the tile's values).
+  auto owned = [&](int rank, int warp, int lane, int i, int& j, int& b) {
+    j = mma::kRowsPerWarp * Tl::tile(rank, warp) + mma::c_row(lane, i);
     b = mma::c_col(lane, i);
-    return j < H && b < nb;
+    return Tl::k_part(warp) == 0 && j < H && b < nb;
   };
 
-  // m[lane][i]: the warp's mma pass over the state of `step`, as the kernel issues it.
-  std::vector<std::array<double, mma::kCValues>> m(mma::kWarp);
-  auto warp_mma = [&](int warp, int64_t step) {
-    std::vector<std::array<std::array<double, mma::kCValues>, C>> acc(mma::kWarp);
-    for (auto& chain : acc)
-      for (auto& v : chain) v.fill(0.);
-    for (int kt = 0; kt < KT; ++kt) {
-      double A[16][S::K], Bm[S::K][8];
-      for (int lane = 0; lane < mma::kWarp; ++lane) {
-        for (int i = 0; i < a_elems; ++i)
-          A[S::a_row(lane, i)][S::a_col(lane, i)] = afrag[((size_t(warp) * mma::kWarp + lane) * KT + kt) * a_elems + i];
-        // The kernel's B loads: one base word per lane and step, constant offsets per k tile and register.
-        const int64_t base = mma::state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
-        for (int r = 0; r < mma::kBRegisters; ++r) {
-          const int first = r * S::kPerRegister;
-          const int64_t word = base + (kt * S::K + S::b_row(lane, first) - S::b_row(lane, 0)) / PER_WORD;
-          for (int e = 0; e < S::kPerRegister; ++e) {
-            const int i = first + e, k = kt * S::K + S::b_row(lane, i);
-            TORCH_CHECK((word * PER_WORD + e == mma::state_element<S, KT>(step, S::b_col(lane, i), k)),
-                        "mma emulation: B register ", r, " of lane ", lane, " does not hold element ", i);
-            Bm[S::b_row(lane, i)][S::b_col(lane, i)] = state[word * PER_WORD + e];
+  // m[warp][lane][i]: every warp's mma pass over CTA rank's state of `step`, as the kernel issues
+  // it; then the k part 0 warps add their tile's other parts (in k part order).
+  std::vector<std::array<std::array<double, mma::kCValues>, mma::kWarp>> m(NW);
+  auto cta_mma = [&](int rank, int64_t step) {
+    for (int warp = 0; warp < NW; ++warp) {
+      const int k0 = Tl::k_part(warp) * KT * S::K;
+      std::vector<std::array<std::array<double, mma::kCValues>, C>> acc(mma::kWarp);
+      for (auto& chain : acc)
+        for (auto& v : chain) v.fill(0.);
+      for (int kt = 0; kt < KT; ++kt) {
+        double Am[16][S::K], Bm[S::K][8];
+        std::array<int, 32> bank[mma::kBRegisters] = {};
+        for (int lane = 0; lane < mma::kWarp; ++lane) {
+          for (int i = 0; i < a_elems; ++i) Am[S::a_row(lane, i)][S::a_col(lane, i)] = A_at(rank, warp, lane, kt, i);
+          // The kernel's B loads: one base word per lane and step, constant offsets per k tile and register.
+          const int64_t base = mma::state_element<S, KTT>(step, S::b_col(lane, 0), k0 + S::b_row(lane, 0)) / PER_WORD;
+          for (int r = 0; r < mma::kBRegisters; ++r) {
+            const int first = r * S::kPerRegister;
+            const int64_t word = base + (kt * S::K + S::b_row(lane, first) - S::b_row(lane, 0)) / PER_WORD;
+            ++bank[r][word % 32];
+            for (int e = 0; e < S::kPerRegister; ++e) {
+              const int i = first + e, k = k0 + kt * S::K + S::b_row(lane, i);
+              TORCH_CHECK((word * PER_WORD + e == mma::state_element<S, KTT>(step, S::b_col(lane, i), k)),
+                          "mma emulation: B register ", r, " of lane ", lane, " does not hold element ", i);
+              Bm[S::b_row(lane, i)][S::b_col(lane, i)] = state[rank][word * PER_WORD + e];
+            }
           }
         }
-      }
-      // The 32 B-register loads of one register index hit 32 distinct banks.
-      for (int r = 0; r < mma::kBRegisters; ++r) {
-        std::array<int, 32> bank{};
-        for (int lane = 0; lane < mma::kWarp; ++lane) {
-          const int64_t base = mma::state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
-          const int first = r * S::kPerRegister;
-          ++bank[(base + (kt * S::K + S::b_row(lane, first) - S::b_row(lane, 0)) / PER_WORD) % 32];
-        }
-        for (int n : bank) TORCH_CHECK(n == 1, "mma emulation: bank conflict in the B loads");
+        // The 32 B-register loads of one register index hit 32 distinct banks.
+        for (int r = 0; r < mma::kBRegisters; ++r)
+          for (int n : bank[r]) TORCH_CHECK(n == 1, "mma emulation: bank conflict in the B loads");
+        for (int lane = 0; lane < mma::kWarp; ++lane)
+          for (int i = 0; i < mma::kCValues; ++i) {
+            double sum = 0.;
+            for (int k = 0; k < S::K; ++k) sum += Am[mma::c_row(lane, i)][k] * Bm[k][mma::c_col(lane, i)];
+            acc[lane][kt % C][i] += sum;
+          }
       }
       for (int lane = 0; lane < mma::kWarp; ++lane)
         for (int i = 0; i < mma::kCValues; ++i) {
-          double sum = 0.;
-          for (int k = 0; k < S::K; ++k) sum += A[mma::c_row(lane, i)][k] * Bm[k][mma::c_col(lane, i)];
-          acc[lane][kt % C][i] += sum;
+          double sum = acc[lane][0][i];
+          for (int c = 1; c < C; ++c) sum += acc[lane][c][i];
+          m[warp][lane][i] = sum;
         }
     }
-    for (int lane = 0; lane < mma::kWarp; ++lane)
-      for (int i = 0; i < mma::kCValues; ++i) {
-        double sum = acc[lane][0][i];
-        for (int c = 1; c < C; ++c) sum += acc[lane][c][i];
-        m[lane][i] = sum;
-      }
+    for (int warp = 0; warp < NW; ++warp) {
+      if (Tl::k_part(warp) != 0) continue;
+      for (int part = 1; part < KP; ++part)
+        for (int lane = 0; lane < mma::kWarp; ++lane)
+          for (int i = 0; i < mma::kCValues; ++i) m[warp][lane][i] += m[warp + part][lane][i];
+    }
   };
 
   std::vector<int> writes(size_t(mma::kBatchTile) * H);
   for (int64_t s = 0; s < T; ++s) {
     std::fill(writes.begin(), writes.end(), 0);
     const int64_t base = first_row + s * step_rows;
-    for (int warp = 0; warp < NW; ++warp) {
-      warp_mma(warp, s);
-      for (int lane = 0; lane < mma::kWarp; ++lane)
-        for (int i = 0; i < mma::kCValues; ++i) {
-          int j, b;
-          if (!owned(warp, lane, i, j, b)) continue;
-          ++writes[size_t(b) * H + j];
-          const int64_t e = base + b * ld + j;
-          double v;
-          if (!Backward) {
-            const double z = a.buf[e] + m[lane][i];
-            v = a.relu ? (z < 0. ? 0. : z) : std::tanh(z);
-          } else {
-            const double g = a.buf[e] + (s == 0 ? h_in[(c0 + b) * H + j] : m[lane][i]);
-            v = a.relu ? (a.y[e] <= 0. ? 0. : g) : g * (1. - a.y[e] * a.y[e]);
+    // Step s reads state[s] and writes state[s + 1] of every CTA: the visiting order cannot matter.
+    for (int rank = 0; rank < CTAS; ++rank) {
+      cta_mma(rank, s);
+      for (int warp = 0; warp < NW; ++warp)
+        for (int lane = 0; lane < mma::kWarp; ++lane)
+          for (int i = 0; i < mma::kCValues; ++i) {
+            int j, b;
+            if (!owned(rank, warp, lane, i, j, b)) continue;
+            ++writes[size_t(b) * H + j];
+            const int64_t e = base + b * ld + j;
+            double v;
+            if (!Backward) {
+              const double z = a.buf[e] + m[warp][lane][i];
+              v = a.relu ? (z < 0. ? 0. : z) : std::tanh(z);
+            } else {
+              const double g = a.buf[e] + (s == 0 ? h_in[(c0 + b) * H + j] : m[warp][lane][i]);
+              v = a.relu ? (a.y[e] <= 0. ? 0. : g) : g * (1. - a.y[e] * a.y[e]);
+            }
+            a.buf[e] = v;
+            for (int peer = 0; peer < CTAS; ++peer) state[peer][mma::state_element<S, KTT>(s + 1, b, j)] = v;
           }
-          a.buf[e] = v;
-          state[mma::state_element<S, KT>(s + 1, b, j)] = v;
-        }
     }
     for (int b = 0; b < nb; ++b)
       for (int j = 0; j < H; ++j)
         TORCH_CHECK(writes[size_t(b) * H + j] == 1, "mma emulation: output (b ", b, ", j ", j, ") written ",
                     writes[size_t(b) * H + j], " times at step ", s);
   }
-  for (int warp = 0; warp < NW; ++warp) {
-    if (Backward) warp_mma(warp, T);
-    for (int lane = 0; lane < mma::kWarp; ++lane)
-      for (int i = 0; i < mma::kCValues; ++i) {
-        int j, b;
-        if (!owned(warp, lane, i, j, b)) continue;
-        h_out[(c0 + b) * H + j] = Backward ? m[lane][i] : a.buf[first_row + (T - 1) * step_rows + b * ld + j];
-      }
+  for (int rank = 0; rank < CTAS; ++rank) {
+    if (Backward) cta_mma(rank, T);
+    for (int warp = 0; warp < NW; ++warp)
+      for (int lane = 0; lane < mma::kWarp; ++lane)
+        for (int i = 0; i < mma::kCValues; ++i) {
+          int j, b;
+          if (!owned(rank, warp, lane, i, j, b)) continue;
+          h_out[(c0 + b) * H + j] = Backward ? m[warp][lane][i] : a.buf[first_row + (T - 1) * step_rows + b * ld + j];
+        }
   }
 }
 
@@ -424,16 +443,16 @@ std::tuple<at::Tensor, at::Tensor> emulate_resident(const at::Tensor& buf_in, co
 template <class S>
 void emulate_mma_shape(const Tensors& a, bool backward) {
   check_fragments<S>();
-  const int kt = mma::k_tiles_for<S>(a.H);
-  TORCH_CHECK(kt > 0, "resident mma emulation: H = ", a.H, " is over the largest tile count");
-  mma::with_k_tiles<S>(kt, [&](auto ktc) {
-    constexpr int KT = decltype(ktc)::value;
+  const int tiling = mma::tiling_for<S>(a.H);
+  TORCH_CHECK(tiling >= 0, "resident mma emulation: H = ", a.H, " is over the largest tiling");
+  mma::with_tiling<S>(tiling, [&](auto t) {
+    using Tl = decltype(t);
     for (int d = 0; d < a.D; ++d)
       for (int64_t c0 = 0; c0 < a.B; c0 += mma::kBatchTile) {
         if (backward) {
-          emulate_mma_cta<S, KT, true>(a, c0, d);
+          emulate_mma_cta<Tl, true>(a, c0, d);
         } else {
-          emulate_mma_cta<S, KT, false>(a, c0, d);
+          emulate_mma_cta<Tl, false>(a, c0, d);
         }
       }
   });

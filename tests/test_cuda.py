@@ -231,7 +231,7 @@ def test_resident_regime_options(case, switch):
     (torch.float32, 513, None, {"grid", "step"}),  # over the largest resident shape (clusters of 8)
     (torch.float64, 40, None, {"single"}),  # no resident kernel for float64
     (torch.bfloat16, 40, "sorted", {"single"}),
-    (torch.float16, 257, None, {"single"}),  # over the largest tile count of the tensor-core kernel
+    (torch.float16, 1025, None, {"grid", "step"}),  # over the tensor-core kernel's largest tiling
 ])
 def test_resident_regime_falls_back(dtype, H, packed, expected, switch):
     switch("FUSED_RNN_CUDA_REGIME", "resident")
@@ -256,6 +256,8 @@ def test_resident_cluster_regime(H, B, T, nonlinearity, switch):
 # The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,
 # 64, 128, 192, 256), H not a multiple of 16, one partial and several batch tiles of 8 rows.
 RESIDENT_MMA_CASES = [(1, 1, 6), (17, 9, 6), (64, 300, 5), (100, 3, 200), (129, 8, 6), (192, 17, 4), (256, 64, 4)]
+# ... and its clusters with k parts (sm_90): 4 CTAs up to H = 512, 16 CTAs up to 1024.
+RESIDENT_MMA_CLUSTER_CASES = [(300, 9, 5), (512, 64, 4), (700, 3, 50), (1024, 8, 4)]
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -268,10 +270,25 @@ def test_resident_mma_regime(H, B, T, dtype, nonlinearity, switch):
     assert ran == "resident_mma"
 
 
-@pytest.mark.parametrize("H,B,T", [(1, 1, 6), (33, 9, 6), (64, 64, 100), (128, 5, 6), (192, 20, 4)])
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
+                    reason="thread-block clusters need sm_90")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("H,B,T", RESIDENT_MMA_CLUSTER_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_MMA_CLUSTER_CASES])
+def test_resident_mma_cluster_regime(H, B, T, dtype, switch):
+    """The tensor-core kernel in thread-block clusters (a 16-CTA cluster at H = 1024 is a
+    non-portable size: where the GPU cannot schedule it the call falls back, and the test says so)."""
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    ran = compare(dtype=dtype, H=H, B=B, T=T, I=7, num_layers=1, bidirectional=True)
+    assert ran == "resident_mma" or (H > 512 and ran in {"grid", "step"})
+
+
+@pytest.mark.parametrize("H,B,T", [(1, 1, 6), (33, 9, 6), (64, 64, 100), (128, 5, 6), (192, 20, 4), (256, 9, 5),
+                                   (400, 3, 4)])
 def test_resident_tf32_regime(H, B, T, switch):
     """float32 with TF32 allowed (nn.RNN's rule: torch.backends.cudnn.allow_tf32) takes the TF32
-    tensor-core kernel; its error stays within 2x cuDNN's TF32 error."""
+    tensor-core kernel (from H = 193 in clusters); its error stays within 2x cuDNN's TF32 error."""
+    if H > 192 and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("from H = 193 the TF32 kernel runs in thread-block clusters (sm_90)")
     switch("FUSED_RNN_CUDA_REGIME", "resident")
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True

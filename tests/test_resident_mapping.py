@@ -131,8 +131,8 @@ def test_launch_plan(H, B, D, sms, expected):
 
 
 MMA_CASES = [
-    # (T, B, H, D, shape): every tile count of both shapes (m16n8k16: H up to 32, 64, 128, 192, 256;
-    # m16n8k8: up to 32, 64, 128, 192), H not a multiple of 16, partial and several batch tiles of 8
+    # (T, B, H, shape, D): every tiling of both shapes (m16n8k16: H up to 32, 64, 128, 192, 256 in one
+    # CTA; m16n8k8: up to 32, 64, 128, 192), H not a multiple of 16, partial and several batch tiles of 8
     (3, 1, 1, "m16n8k16", 1),
     (4, 3, 17, "m16n8k16", 2),
     (3, 8, 32, "m16n8k16", 1),
@@ -146,6 +146,15 @@ MMA_CASES = [
     (2, 8, 64, "m16n8k8", 2),
     (2, 3, 120, "m16n8k8", 1),
     (2, 17, 192, "m16n8k8", 1),
+    # clusters (sm_90) with k parts: m16n8k16 4 CTAs x 2 parts (H <= 512), 16 x 4 (H <= 1024);
+    # m16n8k8 2 CTAs x 2 parts (H <= 256), 8 x 4 (H <= 512)
+    (2, 3, 257, "m16n8k16", 1),
+    (2, 9, 512, "m16n8k16", 2),
+    (2, 2, 700, "m16n8k16", 1),
+    (1, 8, 1024, "m16n8k16", 1),
+    (2, 5, 193, "m16n8k8", 2),
+    (2, 3, 256, "m16n8k8", 1),
+    (2, 2, 400, "m16n8k8", 1),
 ]
 
 
@@ -160,8 +169,8 @@ def test_mma_emulation_matches_reference(T, B, H, shape, D, relu, backward):
     torch.testing.assert_close(h_out, ref_h, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape,H", [("m16n8k16", 257), ("m16n8k8", 193)])
-def test_mma_emulation_refuses_hidden_sizes_over_the_largest_tile_count(shape, H):
+@pytest.mark.parametrize("shape,H", [("m16n8k16", 1025), ("m16n8k8", 513)])
+def test_mma_emulation_refuses_hidden_sizes_over_the_largest_tiling(shape, H):
     buf, y, h_in, w = inputs(1, 1, H, 1, seed=3)
-    with pytest.raises(RuntimeError, match="over the largest tile count"):
+    with pytest.raises(RuntimeError, match="over the largest tiling"):
         emulation.resident_mma(buf, y, h_in, w, False, False, shape)

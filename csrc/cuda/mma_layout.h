@@ -96,55 +96,82 @@ FUSED_RNN_HD int64_t state_element(int64_t step, int b, int k) {
   return ((step & 1) * kBatchTile + b) * int64_t(state_row_words<Shape, KT>()) * per_word + k;
 }
 
-// Warps (16-row tiles of M) a CTA runs for hidden size H, and the most a KT instantiation needs.
+// How the rows and k of M are split (one instantiation of the kernel):
+//   KT  k tiles a warp holds (its A fragments: KT·4 registers a lane)
+//   KP  warps that share one 16-row tile of M, each holding KT k tiles of it (k parts): their
+//       partial sums meet in shared memory, and the first of them (kp = 0) runs the epilogue
+//   C   CTAs of a thread-block cluster (sm_90) that split the 16-row tiles; each writes its units
+//       of h_t into every CTA's state (distributed shared memory), one cluster barrier per step
+// The row and k capacity is KT·KP·K; warp w of CTA rank r holds the tile r·tiles_per_cta + w / KP,
+// k part w % KP.
+template <class Shape_, int KT_, int KP_ = 1, int C_ = 1>
+struct Tiling {
+  using Shape = Shape_;
+  static constexpr int KT = KT_;
+  static constexpr int KP = KP_;
+  static constexpr int C = C_;
+  static constexpr int kHidden = KT * KP * Shape::K;
+  static constexpr int kTiles = (kHidden + kRowsPerWarp - 1) / kRowsPerWarp;  // 16-row tiles of M
+  static constexpr int kTilesPerCta = (kTiles + C - 1) / C;
+  static constexpr int kWarps = kTilesPerCta * KP;
+  static_assert(C >= 1 && C <= 16, "a cluster holds at most 16 CTAs");
+  static_assert(kWarps * kWarp <= 1024, "at most 1024 threads per CTA");
+  static FUSED_RNN_HD int tile(int rank, int warp) { return rank * kTilesPerCta + warp / KP; }
+  static FUSED_RNN_HD int k_part(int warp) { return warp % KP; }
+  // Shared memory: the state, then (KP > 1) the partial sums [warp][value][lane].
+  static constexpr int64_t partial_words() { return KP > 1 ? int64_t(kWarps) * kCValues * kWarp : 0; }
+  static constexpr int64_t smem_bytes() { return mma::smem_bytes<Shape, KT * KP>() + partial_words() * 4; }
+};
+FUSED_RNN_HD int64_t partial_index(int warp, int i, int lane) { return (int64_t(warp) * kCValues + i) * kWarp + lane; }
+
+// Warps a one-CTA launch needs for hidden size H (a cluster launches Tiling::kWarps).
 inline int warps_for(int64_t H) { return static_cast<int>((H + kRowsPerWarp - 1) / kRowsPerWarp); }
-template <class Shape, int KT>
-constexpr int max_warps() {
-  return (KT * Shape::K + kRowsPerWarp - 1) / kRowsPerWarp;
-}
 
-// The k-tile counts instantiated, smallest first, and the launcher's choice: the first that holds H.
-//   m16n8k16 (f16/bf16): H ≤ 32, 64, 128, 192, 256    A: up to 64 registers a lane, 16 warps
-//   m16n8k8 (tf32):      H ≤ 32, 64, 128, 192         A: up to 96 registers a lane, 12 warps
+// The tilings instantiated, smallest first; the launcher takes the first that holds H.
+//   m16n8k16 (f16/bf16): one CTA for H ≤ 32, 64, 128, 192, 256 (A: up to 64 registers a lane);
+//     clusters (sm_90) of 4 CTAs × 16 warps for H ≤ 512 (2 k parts) and of 16 CTAs × 16 warps for
+//     H ≤ 1024 (4 k parts; a non-portable cluster size, which the launcher checks)
+//   m16n8k8 (tf32): one CTA for H ≤ 32, 64, 128, 192; clusters of 2 for H ≤ 256 (2 k parts) and of
+//     8 for H ≤ 512 (4 k parts)
 template <class Shape>
-struct Tiles;
-template <>
-struct Tiles<M16N8K16> {
-  static constexpr int kCount = 5;
-  static constexpr int kValues[kCount] = {2, 4, 8, 12, 16};
-};
-template <>
-struct Tiles<M16N8K8> {
-  static constexpr int kCount = 4;
-  static constexpr int kValues[kCount] = {4, 8, 16, 24};
-};
-
-// The k-tile count for H, or 0 when H is over the largest.
-template <class Shape>
-constexpr int k_tiles_for(int64_t H) {
-  for (int i = 0; i < Tiles<Shape>::kCount; ++i)
-    if (H <= int64_t(Tiles<Shape>::kValues[i]) * Shape::K) return Tiles<Shape>::kValues[i];
-  return 0;
-}
-
+constexpr int kTilings = 7;
 template <class Shape, class F>
-void with_k_tiles(int kt, F&& f) {
+void with_tiling(int i, F&& f) {
   if constexpr (std::is_same_v<Shape, M16N8K16>) {
-    switch (kt) {
-      case 2: f(std::integral_constant<int, 2>{}); break;
-      case 4: f(std::integral_constant<int, 4>{}); break;
-      case 8: f(std::integral_constant<int, 8>{}); break;
-      case 12: f(std::integral_constant<int, 12>{}); break;
-      default: f(std::integral_constant<int, 16>{}); break;
+    switch (i) {
+      case 0: f(Tiling<Shape, 2>{}); break;
+      case 1: f(Tiling<Shape, 4>{}); break;
+      case 2: f(Tiling<Shape, 8>{}); break;
+      case 3: f(Tiling<Shape, 12>{}); break;
+      case 4: f(Tiling<Shape, 16>{}); break;
+      case 5: f(Tiling<Shape, 16, 2, 4>{}); break;
+      default: f(Tiling<Shape, 16, 4, 16>{}); break;
     }
   } else {
-    switch (kt) {
-      case 4: f(std::integral_constant<int, 4>{}); break;
-      case 8: f(std::integral_constant<int, 8>{}); break;
-      case 16: f(std::integral_constant<int, 16>{}); break;
-      default: f(std::integral_constant<int, 24>{}); break;
+    switch (i) {
+      case 0: f(Tiling<Shape, 4>{}); break;
+      case 1: f(Tiling<Shape, 8>{}); break;
+      case 2: f(Tiling<Shape, 16>{}); break;
+      case 3: f(Tiling<Shape, 24>{}); break;
+      case 4: f(Tiling<Shape, 16, 2, 2>{}); break;
+      default: f(Tiling<Shape, 16, 4, 8>{}); break;
     }
   }
+}
+template <>
+constexpr int kTilings<M16N8K8> = 6;
+
+// The first tiling that holds H (clusters only where allowed: sm_90), or -1.
+template <class Shape>
+int tiling_for(int64_t H, bool clusters = true) {
+  int found = -1;
+  for (int i = 0; i < kTilings<Shape> && found < 0; ++i) {
+    with_tiling<Shape>(i, [&](auto t) {
+      using Tl = decltype(t);
+      if (H <= Tl::kHidden && (Tl::C == 1 || clusters)) found = i;
+    });
+  }
+  return found;
 }
 
 }  // namespace fused_rnn::mma

@@ -27,7 +27,8 @@ bool launch_resident(const RecParams& p, int sms, bool clusters, cudaStream_t st
 // The tensor-core resident regime (resident_mma_cuda.cu): float16 and bfloat16, and float32 on TF32
 // (the caller decides that TF32 is allowed). Launches and returns true, or returns false without
 // launching (packed input, H over its largest tile count, another dtype).
-bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, cudaStream_t stream);
+// clusters: whether thread-block clusters may be used (sm_90) for the larger H.
+bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, bool clusters, cudaStream_t stream);
 }  // namespace cuda
 
 }  // namespace fused_rnn

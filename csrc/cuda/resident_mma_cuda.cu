@@ -20,10 +20,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <climits>
+#include <cstdint>
 #include <type_traits>
 
 #include "cuda/mma_layout.h"
@@ -44,13 +47,12 @@ struct Operand;
 template <>
 struct Operand<c10::Half> {
   using Shape = M16N8K16;
+  using Bits = unsigned short;
   __device__ static unsigned pack(float lo, float hi) {
     const __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const unsigned*>(&h);
   }
-  __device__ static void store(void* state, int64_t i, float v) {
-    static_cast<__half*>(state)[i] = __float2half_rn(v);
-  }
+  __device__ static Bits bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
   __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -62,13 +64,12 @@ struct Operand<c10::Half> {
 template <>
 struct Operand<c10::BFloat16> {
   using Shape = M16N8K16;
+  using Bits = unsigned short;
   __device__ static unsigned pack(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const unsigned*>(&h);
   }
-  __device__ static void store(void* state, int64_t i, float v) {
-    static_cast<__nv_bfloat16*>(state)[i] = __float2bfloat16_rn(v);
-  }
+  __device__ static Bits bits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
   __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -80,13 +81,14 @@ struct Operand<c10::BFloat16> {
 template <>
 struct Operand<float> {  // TF32: rounded to nearest (ties away), as cuDNN's and cuBLAS's TF32
   using Shape = M16N8K8;
+  using Bits = unsigned;
   __device__ static unsigned tf32(float v) {
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
     return r;
   }
   __device__ static unsigned pack(float v, float) { return tf32(v); }
-  __device__ static void store(void* state, int64_t i, float v) { static_cast<unsigned*>(state)[i] = tf32(v); }
+  __device__ static Bits bits(float v) { return tf32(v); }
   __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -98,20 +100,85 @@ struct Operand<float> {  // TF32: rounded to nearest (ties away), as cuDNN's and
 
 __device__ __forceinline__ float activation(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
 
-template <typename scalar_t, int KT, bool Backward>
-__global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, KT>() * kWarp, 1)
+// The cluster of Tl::C CTAs (sm_90; C = 1: the CTA alone). The cluster kernels are compiled for
+// sm_80 too, where they are never launched (no cluster tiling is planned there) and trap if they were.
+template <int C>
+__device__ __forceinline__ int cluster_rank() {
+  if constexpr (C == 1) {
+    return 0;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return static_cast<int>(cooperative_groups::this_cluster().block_rank());
+#else
+    __trap();
+    return 0;
+#endif
+  }
+}
+// The step barrier: the CTA's, or the cluster's (release/acquire: it also orders the distributed
+// shared-memory stores of the step before the peers' reads of the next).
+template <int C>
+__device__ __forceinline__ void step_barrier() {
+  if constexpr (C == 1) {
+    __syncthreads();
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#else
+    __trap();
+#endif
+  }
+}
+// Element i of the state, rounded to the operand type, in every CTA of the cluster. The peers'
+// addresses are mapped per store from the 32-bit shared address (mapa), not held in registers
+// across the step loop: sixteen 64-bit generic pointers would not fit beside the A fragments.
+template <class Op, int C>
+__device__ __forceinline__ void store_everywhere(unsigned* state, int64_t i, float v) {
+  using Bits = typename Op::Bits;
+  const Bits value = Op::bits(v);
+  Bits* local = reinterpret_cast<Bits*>(state) + i;
+  if constexpr (C == 1) {
+    *local = value;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      unsigned remote;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(r));
+      if constexpr (sizeof(Bits) == 2) {
+        asm volatile("st.shared::cluster.u16 [%0], %1;\n" ::"r"(remote), "h"(value) : "memory");
+      } else {
+        asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
+      }
+    }
+#else
+    __trap();
+#endif
+  }
+}
+
+template <typename scalar_t, int KT, int KP, int CL, bool Backward>
+__global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, KP, CL>::kWarps * kWarp, 1)
     resident_mma_kernel(const RecParams p) {
   using Op = Operand<scalar_t>;
   using S = typename Op::Shape;
+  using Tl = Tiling<S, KT, KP, CL>;
+  constexpr int KTT = KT * KP;  // k tiles of a whole row: the state's row length
   constexpr int C = chains<KT>(), PER_WORD = 4 / S::kElementBytes;
   extern __shared__ unsigned state_words[];  // [2][kBatchTile][state_row_words] operand elements
+  float* partial = reinterpret_cast<float*>(state_words + 2 * kBatchTile * state_row_words<S, KTT>());
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp;
   const int H = static_cast<int>(p.H), d = static_cast<int>(blockIdx.y);
-  const int64_t T = p.T, B = p.B, ld = p.D * p.H;
-  const int64_t c0 = int64_t(blockIdx.x) * kBatchTile;
-  const int nb = static_cast<int>(B - c0 < kBatchTile ? B - c0 : kBatchTile);
+  // 32-bit indices (the launcher checks that every buffer has fewer than 2^31 elements): registers
+  // are scarce here.
+  const int T = static_cast<int>(p.T), B = static_cast<int>(p.B), ld = static_cast<int>(p.D * p.H);
+  const int c0 = static_cast<int>(blockIdx.x / CL) * kBatchTile;
+  const int nb = B - c0 < kBatchTile ? B - c0 : kBatchTile;
   const bool asc = (d == 1) == Backward;
+  const int rank = cluster_rank<CL>();
+  const int row0 = kRowsPerWarp * Tl::tile(rank, warp), kp = Tl::k_part(warp), k0 = kp * KT * S::K;
 
   scalar_t* buf = static_cast<scalar_t*>(p.buf);
   const scalar_t* yv = static_cast<const scalar_t*>(p.y);
@@ -119,7 +186,19 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
   scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + int64_t(d) * B * H;
   const scalar_t* wg = static_cast<const scalar_t*>(p.w) + int64_t(d) * H * H;
 
-  // A fragments of this warp's 16 rows, every k tile; zero outside H.
+  // The state first (zeros, h0 in the forward), while no A fragment occupies registers: the set-up's
+  // divisions and indices would otherwise not fit beside them.
+  constexpr int words = 2 * kBatchTile * state_row_words<S, KTT>();
+  for (int i = tid; i < words; i += static_cast<int>(blockDim.x)) state_words[i] = 0u;
+  __syncthreads();
+  if (!Backward) {  // h0, rounded, into state[0]
+    for (int i = tid; i < nb * H; i += static_cast<int>(blockDim.x))
+      store_everywhere<Op, 1>(state_words, state_element<S, KTT>(0, i / H, i % H),
+                              static_cast<float>(h_in[(int64_t(c0) + i / H) * H + i % H]));
+  }
+  step_barrier<CL>();  // a cluster's peers store into this state only once it is initialised
+
+  // A fragments of this warp's 16 rows, its k part's k tiles; zero outside H.
   unsigned a[KT][kARegisters];
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt)
@@ -129,34 +208,28 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
 #pragma unroll
       for (int e = 0; e < S::kPerRegister; ++e) {
         const int i = r * S::kPerRegister + e;
-        const int j = kRowsPerWarp * warp + S::a_row(lane, i), k = kt * S::K + S::a_col(lane, i);
-        // 32-bit offsets: H ≤ 256 here, so H·H is far below 2^31.
+        const int j = row0 + S::a_row(lane, i), k = k0 + kt * S::K + S::a_col(lane, i);
+        // 32-bit offsets: H ≤ 1024 here, so H·H is far below 2^31.
         if (j < H && k < H) v[e] = static_cast<float>(wg[Backward ? k * H + j : j * H + k]);
       }
       a[kt][r] = Op::pack(v[0], v[1]);
     }
 
-  // The lane's four C values i: row j_of(i), batch row b_of(i) (c_row / c_col), real outputs when
-  // j < H and b < nb. Their offset in buf and y at a processed step: row_base(step) + offset(i).
-  const int j_lo = kRowsPerWarp * warp + c_row(lane, 0), b_lo = c_col(lane, 0);
+  // The lane's four C values i: row j_of(i), batch row b_of(i) (c_row / c_col); the k part 0 warp of
+  // a tile owns them (real outputs when j < H and b < nb). Their offset in buf and y at a processed
+  // step: row_base(step) + offset(i).
+  const int j_lo = row0 + c_row(lane, 0), b_lo = c_col(lane, 0);
   auto j_of = [&](int i) { return j_lo + (c_row(lane, i) - c_row(lane, 0)); };
   auto b_of = [&](int i) { return b_lo + (c_col(lane, i) - c_col(lane, 0)); };
-  auto owns = [&](int i) { return j_of(i) < H && b_of(i) < nb; };
-  const int64_t first_row = ((asc ? 0 : T - 1) * B + c0) * ld + int64_t(d) * H, step_rows = asc ? B * ld : -B * ld;
-  auto row_base = [&](int64_t step) { return first_row + step * step_rows; };
-  auto offset = [&](int i) { return b_of(i) * static_cast<int>(ld) + j_of(i); };  // < 8·D·H
+  auto owns = [&](int i) { return kp == 0 && j_of(i) < H && b_of(i) < nb; };
+  const int first_row = ((asc ? 0 : T - 1) * B + c0) * ld + d * H, step_rows = asc ? B * ld : -B * ld;
+  auto row_base = [&](int step) { return first_row + step * step_rows; };
+  auto offset = [&](int i) { return b_of(i) * ld + j_of(i); };
 
-  constexpr int words = 2 * kBatchTile * state_row_words<S, KT>();
-  for (int i = tid; i < words; i += static_cast<int>(blockDim.x)) state_words[i] = 0u;
-  __syncthreads();
-  if (!Backward) {  // h0, rounded, into state[0]
-    for (int i = tid; i < nb * H; i += static_cast<int>(blockDim.x))
-      Op::store(state_words, state_element<S, KT>(0, i / H, i % H), static_cast<float>(h_in[(c0 + i / H) * H + i % H]));
-  }
-  __syncthreads();
 
-  // m[i] = Σ_k M[own_j[i], k]·state[step][own_b[i]][k] for the lane's four values.
-  auto matvec = [&](int64_t step, float (&m)[kCValues]) {
+  // m[i] = Σ_k M[j_of(i), k]·state[step][b_of(i)][k] for the lane's four values (complete in the
+  // k part 0 warp; with KP > 1 the parts meet in shared memory, behind a __syncthreads).
+  auto matvec = [&](int step, float (&m)[kCValues]) {
     float acc[C][kCValues];
 #pragma unroll
     for (int c = 0; c < C; ++c)
@@ -165,7 +238,8 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
     // One base address per step; every k tile and register is a constant offset from it (the
     // register's first element r·per_register lies b_row(r·per) - b_row(0) elements past element 0,
     // the same for every lane), so the loads take immediate offsets, not an address register each.
-    const unsigned* lane_state = state_words + state_element<S, KT>(step, S::b_col(lane, 0), S::b_row(lane, 0)) / PER_WORD;
+    const unsigned* lane_state =
+        state_words + state_element<S, KTT>(step, S::b_col(lane, 0), k0 + S::b_row(lane, 0)) / PER_WORD;
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
       unsigned b[kBRegisters];
@@ -183,10 +257,24 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
       for (int c = 1; c < C; ++c) sum += acc[c][i];
       m[i] = sum;
     }
+    if constexpr (KP > 1) {
+#pragma unroll
+      for (int i = 0; i < kCValues; ++i) partial[partial_index(warp, i, lane)] = m[i];
+      __syncthreads();
+      if (kp == 0) {
+#pragma unroll
+        for (int i = 0; i < kCValues; ++i) {
+          float sum = m[i];
+#pragma unroll
+          for (int part = 1; part < KP; ++part) sum += partial[partial_index(warp + part, i, lane)];
+          m[i] = sum;
+        }
+      }
+    }
   };
-  auto load = [&](int64_t step, float (&in)[kCValues], float (&yy)[kCValues]) {
+  auto load = [&](int step, float (&in)[kCValues], float (&yy)[kCValues]) {
     if (step >= T) return;
-    const int64_t base = row_base(step);
+    const int base = row_base(step);
 #pragma unroll
     for (int i = 0; i < kCValues; ++i) {
       if (!owns(i)) continue;
@@ -196,12 +284,12 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
   };
   // Step s: issue the loads of step s + ahead into `next`, then the mma pass and the epilogue on `cur`.
   constexpr int sets = prefetch_sets<KT>(), ahead = sets - 1;
-  auto step = [&](int64_t s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
+  auto step = [&](int s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
                   float (&next_y)[kCValues]) {
     load(s + ahead, next, next_y);
     float m[kCValues];
     matvec(s, m);
-    const int64_t base = row_base(s);
+    const int base = row_base(s);
 #pragma unroll
     for (int i = 0; i < kCValues; ++i) {
       if (!owns(i)) continue;
@@ -210,13 +298,13 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
       if constexpr (!Backward) {
         v = activation(cur[i] + m[i], p.relu);
       } else {
-        const float g = cur[i] + (s == 0 ? static_cast<float>(h_in[(c0 + b) * H + j]) : m[i]);
+        const float g = cur[i] + (s == 0 ? static_cast<float>(h_in[(int64_t(c0) + b) * H + j]) : m[i]);
         v = p.relu ? (cur_y[i] <= 0.f ? 0.f : g) : g * (1.f - cur_y[i] * cur_y[i]);
       }
       buf[base + offset(i)] = static_cast<scalar_t>(v);
-      Op::store(state_words, state_element<S, KT>(s + 1, b, j), v);
+      store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
     }
-    __syncthreads();
+    step_barrier<CL>();
   };
 
   // The register sets rotate with the unrolled steps: set s % sets holds step s's inputs.
@@ -225,67 +313,93 @@ __global__ void __launch_bounds__(max_warps<typename Operand<scalar_t>::Shape, K
   load(0, in0, y0);
   if constexpr (sets == 3) {
     load(1, in1, y1);
-    for (int64_t s = 0; s < T; s += 3) {
+    for (int s = 0; s < T; s += 3) {
       step(s, in0, y0, in2, y2);
       if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
       if (s + 2 < T) step(s + 2, in2, y2, in1, y1);
     }
   } else {
-    for (int64_t s = 0; s < T; s += 2) {
+    for (int s = 0; s < T; s += 2) {
       step(s, in0, y0, in1, y1);
       if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
     }
   }
   if constexpr (!Backward) {  // hy: the last step's output, which this lane wrote (same rounding)
-    const int64_t base = row_base(T - 1);
+    const int base = row_base(T - 1);
 #pragma unroll
     for (int i = 0; i < kCValues; ++i)
-      if (owns(i)) h_out[(c0 + b_of(i)) * H + j_of(i)] = buf[base + offset(i)];
+      if (owns(i)) h_out[(int64_t(c0) + b_of(i)) * H + j_of(i)] = buf[base + offset(i)];
   } else {  // dh0 = M·δ of the last processed step (dh0 = δ_0·W_hh)
     float m[kCValues];
     matvec(T, m);
 #pragma unroll
     for (int i = 0; i < kCValues; ++i)
-      if (owns(i)) h_out[(c0 + b_of(i)) * H + j_of(i)] = static_cast<scalar_t>(m[i]);
+      if (owns(i)) h_out[(int64_t(c0) + b_of(i)) * H + j_of(i)] = static_cast<scalar_t>(m[i]);
   }
 }
 
-template <typename scalar_t, int KT, bool Backward>
-void launch(const RecParams& p, cudaStream_t stream) {
-  using S = typename Operand<scalar_t>::Shape;
-  auto kernel = &resident_mma_kernel<scalar_t, KT, Backward>;
-  constexpr int64_t smem = smem_bytes<S, KT>();
-  static_assert(smem <= 48 * 1024, "the state fits the default dynamic shared memory");
-  const dim3 grid(static_cast<unsigned>((p.B + kBatchTile - 1) / kBatchTile), static_cast<unsigned>(p.D));
-  kernel<<<grid, warps_for(p.H) * kWarp, smem, stream>>>(p);
+// Launches, or returns false without launching when the GPU cannot schedule the cluster.
+template <typename scalar_t, class Tl, bool Backward>
+bool launch(const RecParams& p, cudaStream_t stream) {
+  auto kernel = &resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward>;
+  constexpr int64_t smem = Tl::smem_bytes();
+  static_assert(smem <= 48 * 1024, "the state and partial sums fit the default dynamic shared memory");
+  const unsigned tiles = static_cast<unsigned>((p.B + kBatchTile - 1) / kBatchTile);
+  if constexpr (Tl::C == 1) {
+    const dim3 grid(tiles, static_cast<unsigned>(p.D));
+    kernel<<<grid, (Tl::KP == 1 ? warps_for(p.H) : Tl::kWarps) * kWarp, smem, stream>>>(p);
+  } else {
+    if constexpr (Tl::C > 8) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    }
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(Tl::C * tiles, static_cast<unsigned>(p.D));
+    config.blockDim = dim3(Tl::kWarps * kWarp);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = Tl::C;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (err != cudaSuccess || clusters < 1) {
+      (void)cudaGetLastError();  // a cluster size this GPU cannot run: the caller falls back
+      return false;
+    }
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 template <typename scalar_t>
-bool launch_typed(const RecParams& p, cudaStream_t stream) {
+bool launch_typed(const RecParams& p, bool clusters, cudaStream_t stream) {
   using S = typename Operand<scalar_t>::Shape;
-  const int kt = k_tiles_for<S>(p.H);
-  if (kt == 0) return false;
-  with_k_tiles<S>(kt, [&](auto ktc) {
-    constexpr int KT = decltype(ktc)::value;
-    if (p.backward) {
-      launch<scalar_t, KT, true>(p, stream);
-    } else {
-      launch<scalar_t, KT, false>(p, stream);
-    }
+  const int tiling = tiling_for<S>(p.H, clusters);
+  if (tiling < 0) return false;
+  bool launched = false;
+  with_tiling<S>(tiling, [&](auto t) {
+    using Tl = decltype(t);
+    launched = p.backward ? launch<scalar_t, Tl, true>(p, stream) : launch<scalar_t, Tl, false>(p, stream);
   });
-  return true;
+  return launched;
 }
 
 }  // namespace
 
-bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, cudaStream_t stream) {
+bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, bool clusters, cudaStream_t stream) {
   if (p.steps != nullptr) return false;  // packed input: the general kernels
+  // The kernel indexes in 32 bits: every buffer must have fewer than 2^31 elements.
+  if (p.T * p.B * p.D * p.H > INT32_MAX || p.D * p.H * p.H > INT32_MAX) return false;
   bool launched = false;
   switch (dtype) {
-    case at::kHalf: launched = launch_typed<c10::Half>(p, stream); break;
-    case at::kBFloat16: launched = launch_typed<c10::BFloat16>(p, stream); break;
-    case at::kFloat: launched = launch_typed<float>(p, stream); break;
+    case at::kHalf: launched = launch_typed<c10::Half>(p, clusters, stream); break;
+    case at::kBFloat16: launched = launch_typed<c10::BFloat16>(p, clusters, stream); break;
+    case at::kFloat: launched = launch_typed<float>(p, clusters, stream); break;
     default: break;
   }
   if (launched) switches::record_cuda_regime(dtype == at::kFloat ? "resident_tf32" : "resident_mma");
