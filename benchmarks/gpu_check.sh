@@ -109,11 +109,12 @@ for run in "resident off" "auto off" "resident on" "auto on"; do
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 "$2" --cuda-regime "$1" \
     --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
 done
-#     float16 / bfloat16 on the tensor-core resident kernel (H <= 256) against the default regime
-RESIDENT_HALF_SHAPES="1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
-1,128,256,256 8,128,256,256 64,128,256,256 256,128,256,256"
+#     float16 / bfloat16 on the tensor-core resident kernel (one CTA to H = 256, clusters to 1024)
+#     against the default regime
+RESIDENT_HALF_SHAPES="1,128,64,64 64,128,64,64 256,128,64,64 64,128,128,128 1,128,256,256 8,128,256,256
+64,128,256,256 256,128,256,256 8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024"
 for regime in resident auto; do
-  stage "bench_resident_half_$regime" 60 "--cuda-regime $regime, float16 and bfloat16, H <= 256" \
+  stage "bench_resident_half_$regime" 60 "--cuda-regime $regime, float16 and bfloat16, H <= 1024 (clusters from 257)" \
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16,bfloat16 --cuda-regime "$regime" \
     --shapes "$RESIDENT_HALF_SHAPES" --out "$WORK/bench_resident_half_$regime"
 done
@@ -166,7 +167,7 @@ fi
 NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
   stage ncu 90 "ncu on benchmarks/gpu_profile.py" \
-    "$NCU" --clock-control none --kernel-name regex:'recurrence_kernel|resident_' --launch-count 8 \
+    "$NCU" --clock-control none --kernel-name regex:'recurrence_kernel|resident_' --launch-count 9 \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
     "$PY" benchmarks/gpu_profile.py
 fi
