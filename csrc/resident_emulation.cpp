@@ -404,20 +404,38 @@ at::Tensor checked(const at::Tensor& t, const char* name) {
   return t.contiguous();
 }
 
+// The arguments of both emulation ops, checked: the tensors the emulation writes (a copy of buf, and
+// h_out) and reads, kept alive beside the raw view of them the emulated kernels take.
+struct Arguments {
+  at::Tensor buf, y, h_in, w, h_out;
+  Tensors view;
+
+  Arguments(const at::Tensor& buf_in, const at::Tensor& y_in, const at::Tensor& h_in_in, const at::Tensor& w_in,
+            bool relu, bool backward)
+      : buf(checked(buf_in, "buf").clone()), h_in(checked(h_in_in, "h_in")), w(checked(w_in, "w_hh")) {
+    TORCH_CHECK(h_in.dim() == 3 && w.dim() == 3 && buf.dim() == 2,
+                "resident emulation: buf [T*B, D*H], h_in [D, B, H], w_hh [D, H, H]");
+    const int64_t D = w.size(0), H = w.size(2), B = h_in.size(1);
+    TORCH_CHECK(B > 0 && H > 0 && buf.size(0) % B == 0 && buf.size(1) == D * H,
+                "resident emulation: inconsistent shapes");
+    if (backward) {
+      y = checked(y_in, "y");
+      TORCH_CHECK(y.sizes() == buf.sizes(), "resident emulation: y must have buf's shape");
+    }
+    h_out = at::full({D, B, H}, std::nan(""), h_in.options());
+    view = Tensors{buf.data_ptr<double>(), backward ? y.data_ptr<double>() : nullptr, h_in.data_ptr<double>(),
+                   h_out.data_ptr<double>(), w.data_ptr<double>(), buf.size(0) / B, B, H, D, relu};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor> emulate_resident(const at::Tensor& buf_in, const at::Tensor& y_in,
                                                     const at::Tensor& h_in_in, const at::Tensor& w_in, bool relu,
                                                     bool backward, int64_t sms) {
-  const at::Tensor buf = checked(buf_in, "buf").clone(), h_in = checked(h_in_in, "h_in"), w = checked(w_in, "w_hh");
-  TORCH_CHECK(h_in.dim() == 3 && w.dim() == 3 && buf.dim() == 2, "resident emulation: buf [T*B, D*H], h_in [D, B, H], w_hh [D, H, H]");
-  const int64_t D = w.size(0), H = w.size(2), B = h_in.size(1);
-  TORCH_CHECK(B > 0 && H > 0 && buf.size(0) % B == 0 && buf.size(1) == D * H, "resident emulation: inconsistent shapes");
-  const at::Tensor y = backward ? checked(y_in, "y") : at::Tensor();
-  TORCH_CHECK(!backward || y.sizes() == buf.sizes(), "resident emulation: y must have buf's shape");
-  const at::Tensor h_out = at::full({D, B, H}, std::nan(""), h_in.options());
+  const Arguments args(buf_in, y_in, h_in_in, w_in, relu, backward);
+  const Tensors& a = args.view;
+  const int64_t D = a.D, H = a.H, B = a.B;
   const Plan p = plan(H, B, D, static_cast<int>(sms));
   TORCH_CHECK(p.shape >= 0, "resident emulation: H = ", H, " is over the regime's largest shape (", kMaxHidden, ")");
-  const Tensors a{buf.data_ptr<double>(), backward ? y.data_ptr<double>() : nullptr, h_in.data_ptr<double>(),
-                  h_out.data_ptr<double>(), w.data_ptr<double>(), buf.size(0) / B, B, H, D, relu};
   with_shape(p.shape, [&](auto shape) {
     using S = decltype(shape);
     check_mapping<S>(H);
@@ -437,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor> emulate_resident(const at::Tensor& buf_in, co
       }
     });
   });
-  return {buf, h_out};
+  return {args.buf, args.h_out};
 }
 
 template <class S>
@@ -463,21 +481,13 @@ std::tuple<at::Tensor, at::Tensor> emulate_resident_mma(const at::Tensor& buf_in
                                                         const at::Tensor& h_in_in, const at::Tensor& w_in, bool relu,
                                                         bool backward, c10::string_view shape) {
   TORCH_CHECK(shape == "m16n8k16" || shape == "m16n8k8", "resident mma emulation: shape m16n8k16 or m16n8k8");
-  const at::Tensor buf = checked(buf_in, "buf").clone(), h_in = checked(h_in_in, "h_in"), w = checked(w_in, "w_hh");
-  TORCH_CHECK(h_in.dim() == 3 && w.dim() == 3 && buf.dim() == 2, "resident mma emulation: buf [T*B, D*H], h_in [D, B, H], w_hh [D, H, H]");
-  const int64_t D = w.size(0), H = w.size(2), B = h_in.size(1);
-  TORCH_CHECK(B > 0 && H > 0 && buf.size(0) % B == 0 && buf.size(1) == D * H, "resident mma emulation: inconsistent shapes");
-  const at::Tensor y = backward ? checked(y_in, "y") : at::Tensor();
-  TORCH_CHECK(!backward || y.sizes() == buf.sizes(), "resident mma emulation: y must have buf's shape");
-  const at::Tensor h_out = at::full({D, B, H}, std::nan(""), h_in.options());
-  const Tensors a{buf.data_ptr<double>(), backward ? y.data_ptr<double>() : nullptr, h_in.data_ptr<double>(),
-                  h_out.data_ptr<double>(), w.data_ptr<double>(), buf.size(0) / B, B, H, D, relu};
+  const Arguments args(buf_in, y_in, h_in_in, w_in, relu, backward);
   if (shape == "m16n8k16") {
-    emulate_mma_shape<mma::M16N8K16>(a, backward);
+    emulate_mma_shape<mma::M16N8K16>(args.view, backward);
   } else {
-    emulate_mma_shape<mma::M16N8K8>(a, backward);
+    emulate_mma_shape<mma::M16N8K8>(args.view, backward);
   }
-  return {buf, h_out};
+  return {args.buf, args.h_out};
 }
 
 std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms) {

@@ -42,17 +42,15 @@ void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor
 // (torch.backends.cudnn.allow_tf32, nn.RNN's rule); the FFMA kernel for float32 otherwise. False
 // (nothing launched) where they do not apply.
 bool launch_resident_regime(const cuda::RecParams& p, at::ScalarType st, cudaStream_t stream) {
-  int major = 0, dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  const bool clusters = major >= 9;
+  const cuda::DeviceInfo dev = cuda::device_info();
+  const bool clusters = dev.major >= 9;
   const bool tf32 = st == at::kFloat && at::globalContext().allowTF32CuDNN();
   if ((st == at::kHalf || st == at::kBFloat16 || tf32) && cuda::launch_resident_mma(p, st, clusters, stream)) {
     return true;
   }
   // float32 beyond the TF32 kernel's sizes, or with TF32 off: the FFMA kernel (IEEE fp32 is
   // allowed wherever TF32 is), in clusters on sm_90.
-  return st == at::kFloat && cuda::launch_resident(p, cuda::device_info().sms, clusters, stream);
+  return st == at::kFloat && cuda::launch_resident(p, dev.sms, clusters, stream);
 }
 
 // One layer's recurrence through the persistent kernels (recurrence_kernel.cuh).

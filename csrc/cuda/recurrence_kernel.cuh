@@ -27,12 +27,14 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include "cuda/activation.cuh"
 #include "cuda/rec_params.h"
 #include "switches.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 
 namespace fused_rnn {
@@ -59,9 +61,6 @@ __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// relu selects on z < 0 (and its gradient on y <= 0) so that NaN propagates as through nn.RNN.
-__device__ __forceinline__ float act(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
-__device__ __forceinline__ double act(double z, bool relu) { return relu ? (z < 0. ? 0. : z) : tanh(z); }
 
 // BT consecutive accumulators from shared memory, vectorised where the row is 16-byte aligned.
 template <int BT, typename A>
@@ -310,17 +309,27 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
 // ---- host side -----------------------------------------------------------------------------------
 
 struct DeviceInfo {
-  int sms = 0, smem_optin = 0, coop = 0;
+  int sms = 0, smem_optin = 0, coop = 0, major = 0;  // major: compute capability (9: clusters)
 };
 
+// The current device's attributes, queried once per device and process (they never change), not
+// on every launch.
 inline DeviceInfo device_info() {
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo known[kMaxDevices];
+  static std::once_flag queried[kMaxDevices];
   int dev = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
-  DeviceInfo info;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.coop, cudaDevAttrCooperativeLaunch, dev));
-  return info;
+  TORCH_INTERNAL_ASSERT(dev >= 0 && dev < kMaxDevices, "fused_rnn: device index ", dev, " out of range");
+  std::call_once(queried[dev], [dev] {
+    DeviceInfo info;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.coop, cudaDevAttrCooperativeLaunch, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, dev));
+    known[dev] = info;
+  });
+  return known[dev];
 }
 
 // Threads per CTA: about 8 k-values per thread and unit, at most kMaxThreads, and never fewer

@@ -17,9 +17,10 @@
 //      state[s] free to be overwritten)
 // BPTT ends with one more mat-vec, dh0 = M·δ of the last processed step (dh0 = δ_0·W_hh).
 #include <c10/cuda/CUDAException.h>
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include "cuda/activation.cuh"
+#include "cuda/cluster.cuh"
 #include "cuda/rec_params.h"
 #include "cuda/resident_layout.h"
 #include "cuda/recurrence_cuda.h"
@@ -106,53 +107,6 @@ __device__ __forceinline__ void lane_matvec(const float (&w)[S::R][S::KPT], cons
 #pragma unroll
     for (int c = 1; c < C; ++c) sum += acc[c][i];
     part[i] = sum;
-  }
-}
-
-__device__ __forceinline__ float activation(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
-
-// The cluster of C CTAs (sm_90; C = 1: the CTA alone). The cluster kernels are compiled for sm_80
-// too, where they are never launched (launch_resident plans no cluster there) and trap if they were.
-template <int C>
-__device__ __forceinline__ int cluster_rank() {
-  if constexpr (C == 1) {
-    return 0;
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    return static_cast<int>(cooperative_groups::this_cluster().block_rank());
-#else
-    __trap();
-    return 0;
-#endif
-  }
-}
-// The step barrier: the CTA's, or the cluster's (release/acquire: it also orders the distributed
-// shared-memory writes of the step before the peers' reads of the next).
-template <int C>
-__device__ __forceinline__ void step_barrier() {
-  if constexpr (C == 1) {
-    __syncthreads();
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#else
-    __trap();
-#endif
-  }
-}
-// state[i] = v in every CTA of the cluster.
-template <int C>
-__device__ __forceinline__ void store_everywhere(float* state, int64_t i, float v) {
-  if constexpr (C == 1) {
-    state[i] = v;
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-#pragma unroll
-    for (int r = 0; r < C; ++r) cluster.map_shared_rank(state, r)[i] = v;
-#else
-    __trap();
-#endif
   }
 }
 
@@ -243,7 +197,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
       const float in = ring[ring_index(S::NT, INPUTS, NF, s, 0, i, tid)];
       float v;
       if constexpr (!Backward) {
-        v = activation(in + m[i], p.relu);
+        v = act(in + m[i], p.relu);
         if (s == T - 1) h_out[(c0 + b) * H + j] = v;
       } else {
         const float y = ring[ring_index(S::NT, INPUTS, NF, s, 1, i, tid)];
@@ -251,7 +205,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
         v = p.relu ? (y <= 0.f ? 0.f : g) : g * (1.f - y * y);
       }
       buf[first[i] + offset] = v;
-      store_everywhere<S::C>(state, state_index(S::HK, BT, s + 1, b, j), v);
+      store_in_every_cta<S::C>(reinterpret_cast<unsigned*>(state) + state_index(S::HK, BT, s + 1, b, j), __float_as_uint(v));
     }
     step_barrier<S::C>();
   }
@@ -275,28 +229,7 @@ bool launch(const RecParams& p, cudaStream_t stream) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   const dim3 grid(static_cast<unsigned>(S::C * ((p.B + BT - 1) / BT)), static_cast<unsigned>(p.D));
-  if constexpr (S::C == 1) {
-    kernel<<<grid, S::NT, smem, stream>>>(p);
-  } else {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(S::NT);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = S::C;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
-    if (clusters < 1) return false;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+  return launch_in_clusters<S::C>(kernel, grid, dim3(S::NT), smem, stream, p);
 }
 
 }  // namespace

@@ -151,8 +151,7 @@ using Shape192 = Shape<4, 48, 2, 12, 2>;
 using Shape256C2 = Shape<8, 32, 2, 16, 2, 2>;
 using Shape512C8 = Shape<16, 32, 2, 16, 2, 8>;
 constexpr int kShapes = 6;
-constexpr int64_t kMaxHidden = Shape512C8::HK;         // with clusters (sm_90)
-constexpr int64_t kMaxHiddenOneCta = Shape192::HK;     // without
+constexpr int64_t kMaxHidden = Shape512C8::HK;  // with clusters (sm_90)
 
 template <class F>
 void with_shape(int shape, F&& f) {

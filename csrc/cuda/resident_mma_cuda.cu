@@ -20,7 +20,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,6 +28,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/activation.cuh"
+#include "cuda/cluster.cuh"
 #include "cuda/mma_layout.h"
 #include "cuda/rec_params.h"
 #include "cuda/recurrence_cuda.h"
@@ -98,64 +99,10 @@ struct Operand<float> {  // TF32: rounded to nearest (ties away), as cuDNN's and
   }
 };
 
-__device__ __forceinline__ float activation(float z, bool relu) { return relu ? (z < 0.f ? 0.f : z) : tanhf(z); }
-
-// The cluster of Tl::C CTAs (sm_90; C = 1: the CTA alone). The cluster kernels are compiled for
-// sm_80 too, where they are never launched (no cluster tiling is planned there) and trap if they were.
-template <int C>
-__device__ __forceinline__ int cluster_rank() {
-  if constexpr (C == 1) {
-    return 0;
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    return static_cast<int>(cooperative_groups::this_cluster().block_rank());
-#else
-    __trap();
-    return 0;
-#endif
-  }
-}
-// The step barrier: the CTA's, or the cluster's (release/acquire: it also orders the distributed
-// shared-memory stores of the step before the peers' reads of the next).
-template <int C>
-__device__ __forceinline__ void step_barrier() {
-  if constexpr (C == 1) {
-    __syncthreads();
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#else
-    __trap();
-#endif
-  }
-}
-// Element i of the state, rounded to the operand type, in every CTA of the cluster. The peers'
-// addresses are mapped per store from the 32-bit shared address (mapa), not held in registers
-// across the step loop: sixteen 64-bit generic pointers would not fit beside the A fragments.
+// Element i of the state, rounded to the operand type, in every CTA of the cluster.
 template <class Op, int C>
 __device__ __forceinline__ void store_everywhere(unsigned* state, int64_t i, float v) {
-  using Bits = typename Op::Bits;
-  const Bits value = Op::bits(v);
-  Bits* local = reinterpret_cast<Bits*>(state) + i;
-  if constexpr (C == 1) {
-    *local = value;
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
-#pragma unroll
-    for (int r = 0; r < C; ++r) {
-      unsigned remote;
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(r));
-      if constexpr (sizeof(Bits) == 2) {
-        asm volatile("st.shared::cluster.u16 [%0], %1;\n" ::"r"(remote), "h"(value) : "memory");
-      } else {
-        asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
-      }
-    }
-#else
-    __trap();
-#endif
-  }
+  store_in_every_cta<C>(reinterpret_cast<typename Op::Bits*>(state) + i, Op::bits(v));
 }
 
 template <typename scalar_t, int KT, int KP, int CL, bool Backward>
@@ -296,7 +243,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       const int j = j_of(i), b = b_of(i);
       float v;
       if constexpr (!Backward) {
-        v = activation(cur[i] + m[i], p.relu);
+        v = act(cur[i] + m[i], p.relu);
       } else {
         const float g = cur[i] + (s == 0 ? static_cast<float>(h_in[(int64_t(c0) + b) * H + j]) : m[i]);
         v = p.relu ? (cur_y[i] <= 0.f ? 0.f : g) : g * (1.f - cur_y[i] * cur_y[i]);
@@ -345,35 +292,9 @@ bool launch(const RecParams& p, cudaStream_t stream) {
   constexpr int64_t smem = Tl::smem_bytes();
   static_assert(smem <= 48 * 1024, "the state and partial sums fit the default dynamic shared memory");
   const unsigned tiles = static_cast<unsigned>((p.B + kBatchTile - 1) / kBatchTile);
-  if constexpr (Tl::C == 1) {
-    const dim3 grid(tiles, static_cast<unsigned>(p.D));
-    kernel<<<grid, (Tl::KP == 1 ? warps_for(p.H) : Tl::kWarps) * kWarp, smem, stream>>>(p);
-  } else {
-    if constexpr (Tl::C > 8) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    }
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(Tl::C * tiles, static_cast<unsigned>(p.D));
-    config.blockDim = dim3(Tl::kWarps * kWarp);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = Tl::C;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
-    if (err != cudaSuccess || clusters < 1) {
-      (void)cudaGetLastError();  // a cluster size this GPU cannot run: the caller falls back
-      return false;
-    }
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+  const int warps = Tl::KP == 1 && Tl::C == 1 ? warps_for(p.H) : Tl::kWarps;
+  return launch_in_clusters<Tl::C>(kernel, dim3(Tl::C * tiles, static_cast<unsigned>(p.D)), dim3(warps * kWarp), smem,
+                                   stream, p);
 }
 
 template <typename scalar_t>

@@ -1,0 +1,111 @@
+// Thread-block clusters (sm_90) for the resident kernels (resident_cuda.cu, resident_mma_cuda.cu):
+// the CTA's rank, the per-step barrier, and the launch. With C = 1 each is the plain-CTA version, so
+// one kernel body serves both. The cluster kernels are compiled for sm_80 too, where they are never
+// launched (no cluster is planned there) and trap if they were.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+namespace fused_rnn {
+namespace cuda {
+
+template <int C>
+__device__ __forceinline__ int cluster_rank() {
+  if constexpr (C == 1) {
+    return 0;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return static_cast<int>(cooperative_groups::this_cluster().block_rank());
+#else
+    __trap();
+    return 0;
+#endif
+  }
+}
+
+// The step barrier: the CTA's, or the cluster's (release/acquire: it also orders the distributed
+// shared-memory stores of the step before the peers' reads of the next).
+template <int C>
+__device__ __forceinline__ void step_barrier() {
+  if constexpr (C == 1) {
+    __syncthreads();
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#else
+    __trap();
+#endif
+  }
+}
+
+// *local = value in the shared memory of every CTA of the cluster, at the same offset (C = 1: this
+// CTA only). Bits: a 16- or 32-bit word. The peers' addresses are mapped per store from the 32-bit
+// shared address (mapa), not held in registers across a kernel's step loop, where sixteen 64-bit
+// generic pointers would not fit beside the weights.
+template <int C, typename Bits>
+__device__ __forceinline__ void store_in_every_cta(Bits* local, Bits value) {
+  static_assert(sizeof(Bits) == 2 || sizeof(Bits) == 4, "a 16- or 32-bit word");
+  if constexpr (C == 1) {
+    *local = value;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+#pragma unroll
+    for (int r = 0; r < C; ++r) {
+      unsigned remote;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(r));
+      if constexpr (sizeof(Bits) == 2) {
+        asm volatile("st.shared::cluster.u16 [%0], %1;\n" ::"r"(remote), "h"(value) : "memory");
+      } else {
+        asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
+      }
+    }
+#else
+    __trap();
+#endif
+  }
+}
+
+// Launches kernel(args...) on grid in clusters of C CTAs along x (C = 1: a plain launch) and
+// returns true, or returns false without launching when the GPU cannot schedule such a cluster.
+// Sizes over 8 are non-portable: they are allowed explicitly, and an occupancy query that refuses
+// them is an answer (the caller falls back), where for portable sizes it is an error.
+template <int C, typename... Params, typename... Args>
+bool launch_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                        Args&&... args) {
+  if constexpr (C == 1) {
+    kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+  } else {
+    if constexpr (C > 8) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    }
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = C;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (C > 8 && err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    C10_CUDA_CHECK(err);
+    if (clusters < 1) return false;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn
