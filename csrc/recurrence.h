@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "step_layout.h"
 
@@ -55,11 +56,17 @@ using SmallLayerGradsFn = bool (*)(const at::Tensor& dpre, const at::Tensor& in,
                                    const at::Tensor& h0, const StepLayout& lay, at::TensorList params, int64_t D,
                                    bool has_biases, at::Tensor* grads, at::Tensor& dx);
 
+// Optional: host int64 values to a new tensor [values.size()] on device, without a host
+// synchronisation and safe to capture in a CUDA graph (the packed step table, StepLayout::table).
+// Without it the table is a CPU tensor.
+using UploadFn = at::Tensor (*)(const std::vector<int64_t>& values, at::Device device);
+
 struct RecurrenceKernels {
   RecurrenceForwardFn forward;
   RecurrenceBackwardFn backward;
   SmallProjectionFn small_projection = nullptr;
   SmallLayerGradsFn small_layer_grads = nullptr;
+  UploadFn upload = nullptr;
 };
 
 }  // namespace fused_rnn

@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
+#include <array>
+
 namespace fused_rnn {
 
 namespace {
@@ -59,10 +61,41 @@ at::Tensor layer_input(const at::Tensor& x, const at::Tensor& reserve, const at:
   return mask.defined() ? below * mask[layer - 1].view({n, dh}) : below;
 }
 
+// Puts a packed call's step table on the device, once per call (StepLayout::table), where the
+// kernels upload it (CUDA: without a host synchronisation, graph-capturable); the CPU kernels read
+// the host vectors, and h_prev_index makes its own CPU table.
+void attach_step_table(StepLayout& lay, const RecurrenceKernels& k, at::Device device) {
+  if (!lay.uniform() && k.upload != nullptr) lay.table = k.upload(lay.host_table(), device);
+}
+
+// Packed input: for each row of a direction's buffers, its row in [y; h0] (rows N.. are h0) that
+// holds the state the step read, h_prev: the previous step's output for a continued row, else h0.
+// [N] int64 on the table's device, built with tensor ops from StepLayout::table (or the host's): no
+// host loop over the rows and no copy. StepRule's continued_rows and prev_step, vectorised over steps.
+at::Tensor h_prev_index(const StepLayout& lay, bool reverse) {
+  const int64_t T = lay.T, N = lay.rows();
+  const at::Tensor table =
+      lay.table.defined() ? lay.table : at::tensor(lay.host_table(), at::TensorOptions().dtype(at::kLong));
+  const at::Tensor batch = table.narrow(0, 0, T + 1);       // [T + 1], batch[T] = 0
+  const at::Tensor offset = table.narrow(0, T + 1, T + 1);  // [T + 1], offset[T] = N
+  at::Tensor carried, prev_offset;                          // [T], per step
+  if (reverse) {  // continued_rows = batch[t + 1], prev_step = t + 1
+    carried = batch.narrow(0, 1, T);
+    prev_offset = offset.narrow(0, 1, T);
+  } else {  // continued_rows = batch[t] (0 at t = 0), prev_step = t - 1 (unused at t = 0)
+    carried = batch.narrow(0, 0, T).clone();
+    carried.narrow(0, 0, 1).zero_();
+    prev_offset = at::roll(offset.narrow(0, 0, T), 1);
+  }
+  const at::Tensor step = at::repeat_interleave(batch.narrow(0, 0, T), std::optional<int64_t>(N));  // [N]: its step
+  const at::Tensor b = at::arange(N, table.options()) - offset.index_select(0, step);  // its row in the step
+  return at::where(b < carried.index_select(0, step), prev_offset.index_select(0, step) + b, b + N);
+}
+
 // dW_hh of one direction = Σ_t δ_tᵀ h_prev_t, with h_prev_t the state the step read.
+// delta, y: [N, H] (strided column slices); h0: [B, H]; packed: index = h_prev_index(lay, reverse).
 at::Tensor grad_w_hh(const StepLayout& lay, const at::Tensor& delta, const at::Tensor& y, const at::Tensor& h0,
-                     bool reverse) {
-  // delta, y: [N, H] (strided column slices); h0: [B, H]
+                     bool reverse, const at::Tensor& index) {
   const int64_t N = lay.rows(), B = lay.B;
   if (lay.uniform()) {
     // Forward reads h0 at t = 0 and y_{t-1} after; reverse reads h0 at t = T-1 and y_{t+1} before.
@@ -71,16 +104,6 @@ at::Tensor grad_w_hh(const StepLayout& lay, const at::Tensor& delta, const at::T
     const at::Tensor y_rest = reverse ? y.narrow(0, B, N - B) : y.narrow(0, 0, N - B);
     return at::addmm(d_first.t().mm(h0), d_rest.t(), y_rest);
   }
-  // Packed: gather each row's h_prev from [y; h0] (rows N.. are h0): the previous step's output
-  // for a continued row, else h0.
-  const StepRule rule = lay.rule();
-  std::vector<int64_t> idx(N);
-  for (const auto t : c10::irange(lay.T)) {
-    const int64_t carried = rule.continued_rows(t, reverse);
-    for (const auto b : c10::irange(lay.batch[t]))
-      idx[lay.offset[t] + b] = b < carried ? lay.offset[rule.prev_step(t, reverse)] + b : N + b;
-  }
-  const at::Tensor index = at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(delta.device());
   return delta.t().mm(at::cat({y, h0}, 0).index_select(0, index));
 }
 
@@ -93,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
   const at::Tensor bs = a.batch_sizes ? *a.batch_sizes : at::Tensor();
   const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
   const int64_t N = x.size(0);
-  const StepLayout lay(bs, N, B);
+  StepLayout lay(bs, N, B);
+  attach_step_table(lay, k, x.device());
 
   const auto out_shape = with_last(a.input.sizes(), D * H);
   auto reserve_shape = out_shape;
@@ -131,8 +155,10 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
   const at::Tensor bs = a.batch_sizes ? *a.batch_sizes : at::Tensor();
   const at::Tensor mask = a.dropout_mask ? a.dropout_mask->contiguous() : at::Tensor();
   const int64_t N = x.size(0);
-  const StepLayout lay(bs, N, B);
+  StepLayout lay(bs, N, B);
+  attach_step_table(lay, k, x.device());
   const int64_t per_layer = D * weights_per_direction(a.has_biases);
+  std::array<at::Tensor, 2> h_prev;  // packed: h_prev_index per direction, built at first use
 
   at::Tensor grad_hx = at::empty_like(hx);
   std::vector<at::Tensor> grad_weights(a.weights.size());
@@ -158,7 +184,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
         const at::Tensor delta_d = dpre.narrow(1, d * H, H);
         // Gradients are returned as separate tensors (op outputs may not alias each other).
         g[0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();
-        g[1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1);
+        if (!lay.uniform() && !h_prev[d].defined()) h_prev[d] = h_prev_index(lay, d == 1);
+        g[1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1, h_prev[d]);
         if (a.has_biases) {
           g[2] = D == 1 ? db : db.narrow(0, d * H, H).clone();
           g[3] = db.narrow(0, d * H, H).clone();

@@ -24,4 +24,10 @@ StepLayout::StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b)
   for (const auto t : c10::irange(T)) offset[t + 1] = offset[t] + batch[t];
 }
 
+std::vector<int64_t> StepLayout::host_table() const {
+  std::vector<int64_t> v(batch);
+  v.insert(v.end(), offset.begin(), offset.end());
+  return v;
+}
+
 }  // namespace fused_rnn

@@ -52,10 +52,16 @@ struct StepLayout {
   int64_t B = 0;
   std::vector<int64_t> batch;   // [T + 1], batch[T] = 0
   std::vector<int64_t> offset;  // [T + 1], offset[T] = N
+  // Packed input: batch then offset, int64 [2(T + 1)], on the device the call computes on; put there
+  // once per call by the stack (rnn_stack.cpp), for the kernels and the backward's gather index.
+  // Undefined for unpacked input.
+  at::Tensor table;
 
   // batch_sizes: PackedSequence's CPU int64 [T], or undefined for an unpacked [T*B, ...] layout.
   StepLayout(const at::Tensor& batch_sizes, int64_t n_rows, int64_t b);
   bool uniform() const { return uniform_; }
+  // batch then offset: the values of table.
+  std::vector<int64_t> host_table() const;
   int64_t rows() const { return offset[T]; }
   StepRule rule() const { return StepRule{batch.data(), T}; }
 

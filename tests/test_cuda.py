@@ -299,6 +299,23 @@ def test_resident_tf32_regime(H, B, T, switch):
     assert ran == "resident_tf32"
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "rnn"), reason="this torch has no per-operator TF32 flags")
+@pytest.mark.parametrize("rnn_precision", ["ieee", "tf32"])
+def test_per_operator_tf32_flags(rnn_precision, switch):
+    """The RNN's own TF32 flag (torch.backends.cudnn.rnn.fp32_precision) decides, set apart from the
+    convolution flag: the operator-less query (torch.backends.cudnn.allow_tf32) raises in this state,
+    nn.RNN runs, and so must the fused RNN, in the precision the RNN flag names."""
+    conv = "tf32" if rnn_precision == "ieee" else "ieee"
+    prev = torch.backends.cudnn.rnn.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.rnn.fp32_precision, torch.backends.cudnn.conv.fp32_precision = rnn_precision, conv
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    try:
+        ran = compare(H=64, B=9, T=6, I=7, num_layers=2, bidirectional=True)
+    finally:
+        torch.backends.cudnn.rnn.fp32_precision, torch.backends.cudnn.conv.fp32_precision = prev
+    assert ran == ("resident_tf32" if rnn_precision == "tf32" else "resident")
+
+
 def test_step_fallback_huge_hidden():
     """H = 8192: W_hh fits neither one CTA nor a co-resident grid, so the kernel path runs the per-step
     kernel (B = 1). From B = 2 B·H² reaches kGemmRecurrenceMinWork and float32 takes the per-step
@@ -363,6 +380,51 @@ def test_cuda_graph_capture_and_replay(regime, H, switch):
             out, hn = fused(static_x, static_h)
         torch.testing.assert_close(static_out, out, rtol=0, atol=0)
         torch.testing.assert_close(static_hn, hn, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("regime,H", [("auto", 64), ("auto", 1000), ("gemm", 64), ("step", 64)])
+def test_cuda_graph_capture_of_packed_forward_and_backward(regime, H, switch):
+    """A packed input's step table reaches the device without a host copy (upload_by_value.cu) and
+    the backward's gather index is built on the device, so a whole training step (forward, loss,
+    backward) on a PackedSequence captures in one CUDA graph; each replay on new data gives exactly
+    the eager results."""
+    switch("FUSED_RNN_CUDA_REGIME", regime)
+    _, _, fused = modules(torch.float32, 5, H, num_layers=2, bidirectional=True)
+    # Packing itself copies its sort indices to the device, so it happens once, outside the capture.
+    layout = pack_padded_sequence(torch.randn(9, 6, 5, device=DEV), torch.tensor([7, 3, 9, 1, 9, 4]),
+                                  enforce_sorted=False)
+    static_x = layout.data.clone()
+    static_h = torch.randn(4, 6, H, device=DEV, requires_grad=True)
+    w_out = torch.randn(static_x.shape[0], 2 * H, device=DEV)
+
+    def step(x, h):
+        out, hn = fused(PackedSequence(x, layout.batch_sizes, layout.sorted_indices, layout.unsorted_indices), h)
+        return out.data, hn, (out.data * w_out).sum() + hn.square().sum()
+
+    params = [static_h, *fused.parameters()]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture (autograd's streams, the allocator)
+            step(static_x, static_h)[2].backward()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_hn, static_loss = step(static_x, static_h)
+        static_loss.backward()
+    for _ in range(2):
+        static_x.copy_(torch.randn_like(static_x))
+        with torch.no_grad():
+            static_h.copy_(torch.randn_like(static_h))
+        graph.replay()
+        out, hn, loss = step(static_x, static_h)
+        grads = torch.autograd.grad(loss, params)
+        torch.testing.assert_close(static_out, out, rtol=0, atol=0)
+        torch.testing.assert_close(static_hn, hn, rtol=0, atol=0)
+        for p, g in zip(params, grads):
+            torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
 
 
 def test_autocast_runs_in_float16():

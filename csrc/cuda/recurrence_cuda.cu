@@ -13,6 +13,7 @@
 #include "cuda/recurrence_cuda.h"
 #include "cuda/recurrence_kernel.cuh"
 #include "cuda/resident_layout.h"
+#include "cuda/upload_by_value.h"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
 #include "switches.h"
@@ -27,6 +28,12 @@ extern template void launch_recurrence<c10::BFloat16>(const RecParams&, at::Devi
 }  // namespace cuda
 
 namespace {
+
+// nn.RNN's TF32 rule for float32 on CUDA: cuDNN's RNN flag (torch.backends.cudnn.rnn.fp32_precision,
+// which the legacy torch.backends.cudnn.allow_tf32 sets together with the convolution flag). Asked
+// per operator: the operator-less query throws once a user sets the RNN and convolution flags apart,
+// where nn.RNN runs on.
+bool rnn_allows_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN); }
 
 void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor& ref) {
   for (const at::Tensor* t : ts) {
@@ -44,7 +51,7 @@ void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor
 bool launch_resident_regime(const cuda::RecParams& p, at::ScalarType st, cudaStream_t stream) {
   const cuda::DeviceInfo dev = cuda::device_info();
   const bool clusters = dev.major >= 9;
-  const bool tf32 = st == at::kFloat && at::globalContext().allowTF32CuDNN();
+  const bool tf32 = st == at::kFloat && rnn_allows_tf32();
   if ((st == at::kHalf || st == at::kBFloat16 || tf32) && cuda::launch_resident_mma(p, st, clusters, stream)) {
     return true;
   }
@@ -62,16 +69,10 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
   if (B == 0 || H == 0 || N == 0) return;
   const c10::cuda::CUDAGuard guard(buf.device());
   const int64_t T = lay.T;
-  at::Tensor steps;  // packed only: batch[0..T], offset[0..T] on the device, copied once per call
-  if (!lay.uniform()) {
-    at::Tensor host = at::empty({2 * (T + 1)}, at::TensorOptions().dtype(at::kLong));
-    int64_t* h = host.data_ptr<int64_t>();
-    std::copy(lay.batch.begin(), lay.batch.end(), h);
-    std::copy(lay.offset.begin(), lay.offset.end(), h + T + 1);
-    steps = host.to(buf.device());
-  }
+  TORCH_CHECK(lay.uniform() || (lay.table.defined() && lay.table.device() == buf.device()),
+              "fused_rnn: internal error: a packed layout must carry its step table on the buffers' device");
   cuda::RecParams p{buf.data_ptr(), y.defined() ? y.data_ptr() : nullptr, h_in.data_ptr(), h_out.data_ptr(),
-                    w_hh.data_ptr(), steps.defined() ? steps.data_ptr<int64_t>() : nullptr, nullptr,
+                    w_hh.data_ptr(), lay.uniform() ? nullptr : lay.table.const_data_ptr<int64_t>(), nullptr,
                     T, B, H, D, relu, backward};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   if (switches::cuda_regime() == switches::CudaRegime::Resident && launch_resident_regime(p, buf.scalar_type(), stream)) {
@@ -130,15 +131,16 @@ void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const
 
 namespace {
 
-const RecurrenceKernels kCudaKernels{recurrence_forward_cuda, recurrence_backward_cuda};
+const RecurrenceKernels kCudaKernels{recurrence_forward_cuda, recurrence_backward_cuda, nullptr, nullptr,
+                                     cuda::upload_by_value};
 
-// float32 follows torch.backends.cudnn.allow_tf32, the switch nn.RNN obeys: where it forbids TF32,
+// float32 follows cuDNN's RNN TF32 flag (rnn_allows_tf32), the switch nn.RNN obeys: where it forbids TF32,
 // the stack's cuBLAS GEMMs are held to IEEE fp32 as well (a thread-local guard; no global state is
 // touched). The recurrence kernels always use fp32 FMA.
 struct CudnnTf32Rule {
   std::optional<at::NoTF32Guard> no_tf32;
   CudnnTf32Rule() {
-    if (!at::globalContext().allowTF32CuDNN()) no_tf32.emplace();
+    if (!rnn_allows_tf32()) no_tf32.emplace();
   }
 };
 
