@@ -61,12 +61,18 @@ using SmallLayerGradsFn = bool (*)(const at::Tensor& dpre, const at::Tensor& in,
 // Without it the table is a CPU tensor.
 using UploadFn = at::Tensor (*)(const std::vector<int64_t>& values, at::Device device);
 
+// Optional: the device's own matrix product for a call, c = addend + a·b (addend undefined: c = a·b;
+// c itself: c += a·b; else broadcast to c), returning true; or false, writing nothing, to leave it
+// to ATen (matmul.h). The CUDA one runs float32 on TF32 under nn.RNN's rule where a switch asks.
+using GemmFn = bool (*)(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, const at::Tensor& addend);
+
 struct RecurrenceKernels {
   RecurrenceForwardFn forward;
   RecurrenceBackwardFn backward;
   SmallProjectionFn small_projection = nullptr;
   SmallLayerGradsFn small_layer_grads = nullptr;
   UploadFn upload = nullptr;
+  GemmFn gemm = nullptr;
 };
 
 }  // namespace fused_rnn

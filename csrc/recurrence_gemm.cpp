@@ -2,15 +2,18 @@
 // written in ATen ops, so it runs on any device. The CUDA build uses it where a step is a large
 // matrix product (B·H² ≥ kGemmRecurrenceMinWork, float32/float64): there cuBLAS's tiled GEMM beats
 // the persistent kernel's per-CTA mat-vec, and the per-step launch cost of two ops is small against
-// the product itself. No allocation inside the step loop: every operand is a view.
+// the product itself. No allocation inside the step loop: every operand is a view. The products go
+// through matmul_into: the device's own GEMM where given (gemm, RecurrenceKernels::gemm), else ATen.
 #include "recurrence_gemm.h"
 
 #include <ATen/ATen.h>
 
+#include "matmul.h"
+
 namespace fused_rnn {
 
 void recurrence_forward_gemm(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                             const StepLayout& lay, bool relu, const at::Tensor& hy) {
+                             const StepLayout& lay, bool relu, const at::Tensor& hy, GemmFn gemm) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h0.size(1), N = out.size(0);
   if (B == 0 || H == 0 || N == 0) return;
   const StepRule rule = lay.rule();
@@ -25,8 +28,14 @@ void recurrence_forward_gemm(const at::Tensor& out, const at::Tensor& h0, const 
       at::Tensor cur = od.narrow(0, lay.offset[t], n);  // [n, H]: pre_t on entry
       // Continued rows add the previous step's state; the others begin here, from h0.
       const int64_t carried = rule.continued_rows(t, reverse);
-      if (carried > 0) cur.narrow(0, 0, carried).addmm_(od.narrow(0, lay.offset[rule.prev_step(t, reverse)], carried), wt);
-      if (carried < n) cur.narrow(0, carried, n - carried).addmm_(h0d.narrow(0, carried, n - carried), wt);
+      if (carried > 0) {
+        const at::Tensor rows = cur.narrow(0, 0, carried);
+        matmul_into(gemm, rows, od.narrow(0, lay.offset[rule.prev_step(t, reverse)], carried), wt, rows);
+      }
+      if (carried < n) {
+        const at::Tensor rows = cur.narrow(0, carried, n - carried);
+        matmul_into(gemm, rows, h0d.narrow(0, carried, n - carried), wt, rows);
+      }
       if (relu) {
         cur.relu_();
       } else {
@@ -39,7 +48,8 @@ void recurrence_forward_gemm(const at::Tensor& out, const at::Tensor& h0, const 
 }
 
 void recurrence_backward_gemm(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
+                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0,
+                              GemmFn gemm) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = ghy.size(1), N = dpre.size(0);
   if (B == 0 || H == 0 || N == 0) return;
   const StepRule rule = lay.rule();
@@ -55,7 +65,10 @@ void recurrence_backward_gemm(const at::Tensor& dpre, const at::Tensor& y, const
       // Rows that live on at the next step of the forward order get δ_next·W_hh; the rest end
       // their pass here and get the hy gradient.
       const int64_t carried = rule.first_ending_row(t, reverse);
-      if (carried > 0) cur.narrow(0, 0, carried).addmm_(gd.narrow(0, lay.offset[rule.next_step(t, reverse)], carried), w);
+      if (carried > 0) {
+        const at::Tensor rows = cur.narrow(0, 0, carried);
+        matmul_into(gemm, rows, gd.narrow(0, lay.offset[rule.next_step(t, reverse)], carried), w, rows);
+      }
       if (carried < n) cur.narrow(0, carried, n - carried).add_(ghyd.narrow(0, carried, n - carried));
       const at::Tensor yt = yd.narrow(0, lay.offset[t], n);
       if (relu) {
@@ -64,10 +77,7 @@ void recurrence_backward_gemm(const at::Tensor& dpre, const at::Tensor& y, const
         at::tanh_backward_out(cur, cur, yt);
       }
       const int64_t b0 = rule.continued_rows(t, reverse);  // rows whose pass began here: dh0
-      if (b0 < n) {
-        at::Tensor dst = dh0d.narrow(0, b0, n - b0);
-        at::mm_out(dst, cur.narrow(0, b0, n - b0), w);
-      }
+      if (b0 < n) matmul_into(gemm, dh0d.narrow(0, b0, n - b0), cur.narrow(0, b0, n - b0), w);
     }
   }
 }

@@ -15,9 +15,11 @@ namespace fused_rnn {
 // grows with B·H² (the measurements that place it: benchmarks/gpu_notes.md).
 constexpr int64_t kGemmRecurrenceMinWork = int64_t(1) << 27;
 
+// gemm: the device's own matrix product (RecurrenceKernels::gemm), or null for ATen's.
 void recurrence_forward_gemm(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
-                             const StepLayout& lay, bool relu, const at::Tensor& hy);
+                             const StepLayout& lay, bool relu, const at::Tensor& hy, GemmFn gemm);
 void recurrence_backward_gemm(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
-                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0);
+                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0,
+                              GemmFn gemm);
 
 }  // namespace fused_rnn

@@ -10,6 +10,8 @@
 
 #include <array>
 
+#include "matmul.h"
+
 namespace fused_rnn {
 
 namespace {
@@ -95,16 +97,18 @@ at::Tensor h_prev_index(const StepLayout& lay, bool reverse) {
 // dW_hh of one direction = Σ_t δ_tᵀ h_prev_t, with h_prev_t the state the step read.
 // delta, y: [N, H] (strided column slices); h0: [B, H]; packed: index = h_prev_index(lay, reverse).
 at::Tensor grad_w_hh(const StepLayout& lay, const at::Tensor& delta, const at::Tensor& y, const at::Tensor& h0,
-                     bool reverse, const at::Tensor& index) {
+                     bool reverse, const at::Tensor& index, GemmFn gemm) {
   const int64_t N = lay.rows(), B = lay.B;
   if (lay.uniform()) {
     // Forward reads h0 at t = 0 and y_{t-1} after; reverse reads h0 at t = T-1 and y_{t+1} before.
     const at::Tensor d_first = reverse ? delta.narrow(0, N - B, B) : delta.narrow(0, 0, B);
     const at::Tensor d_rest = reverse ? delta.narrow(0, 0, N - B) : delta.narrow(0, B, N - B);
     const at::Tensor y_rest = reverse ? y.narrow(0, B, N - B) : y.narrow(0, 0, N - B);
-    return at::addmm(d_first.t().mm(h0), d_rest.t(), y_rest);
+    const at::Tensor g = matmul(gemm, d_first.t(), h0);
+    matmul_into(gemm, g, d_rest.t(), y_rest, g);
+    return g;
   }
-  return delta.t().mm(at::cat({y, h0}, 0).index_select(0, index));
+  return matmul(gemm, delta.t(), at::cat({y, h0}, 0).index_select(0, index));
 }
 
 }  // namespace
@@ -133,13 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_stack(const RnnArgs& 
     const bool projected = k.small_projection != nullptr &&
                            k.small_projection(out, in, a.weights.slice(l * per_layer, per_layer), D, a.has_biases);
     const LayerWeights lw = layer_weights(a, l, /*with_bias=*/!projected);
-    if (!projected) {
-      if (lw.bias.defined()) {
-        at::addmm_out(out, lw.bias, in, lw.w_ih.t());
-      } else {
-        at::mm_out(out, in, lw.w_ih.t());
-      }
-    }
+    if (!projected) matmul_into(k.gemm, out, in, lw.w_ih.t(), lw.bias);
     k.forward(out, layer_state(hx, l, D), lw.w_hh, lay, a.relu, layer_state(hy, l, D));
   }
   return {output, hy, reserve};
@@ -177,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
     if (k.small_layer_grads == nullptr ||
         !k.small_layer_grads(dpre, in, y, layer_state(hx, l, D), lay, a.weights.slice(l * per_layer, per_layer), D,
                              a.has_biases, grads, dx)) {
-      const at::Tensor dw_ih = dpre.t().mm(in);                          // [D*H, I_l]
+      const at::Tensor dw_ih = matmul(k.gemm, dpre.t(), in);              // [D*H, I_l]
       const at::Tensor db = a.has_biases ? dpre.sum(0) : at::Tensor();  // [D*H]
       for (const auto d : c10::irange(D)) {
         at::Tensor* g = grads + d * weights_per_direction(a.has_biases);
@@ -185,13 +183,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_stack(
         // Gradients are returned as separate tensors (op outputs may not alias each other).
         g[0] = D == 1 ? dw_ih : dw_ih.narrow(0, d * H, H).clone();
         if (!lay.uniform() && !h_prev[d].defined()) h_prev[d] = h_prev_index(lay, d == 1);
-        g[1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1, h_prev[d]);
+        g[1] = grad_w_hh(lay, delta_d, y.narrow(1, d * H, H), hx[l * D + d], d == 1, h_prev[d], k.gemm);
         if (a.has_biases) {
           g[2] = D == 1 ? db : db.narrow(0, d * H, H).clone();
           g[3] = db.narrow(0, d * H, H).clone();
         }
       }
-      dx = dpre.mm(lw.w_ih);
+      dx = matmul(k.gemm, dpre, lw.w_ih);
     }
     if (l > 0) {
       dpre = mask.defined() ? dx.mul_(mask[l - 1].view({N, D * H})) : dx;

@@ -45,14 +45,20 @@ Switch& cuda_regime_switch() {
   return s;
 }
 
+Switch& cuda_gemm_tf32_switch() {
+  static Switch s("FUSED_RNN_CUDA_GEMM_TF32", {"matmul", "rnn"});
+  return s;
+}
+
 // Read at load, not at the first kernel call: the environment of the process start is what counts.
-const bool kReadAtLoad = (cpu_regime_switch(), cpu_isa_switch(), cuda_regime_switch(), true);
+const bool kReadAtLoad = (cpu_regime_switch(), cpu_isa_switch(), cuda_regime_switch(), cuda_gemm_tf32_switch(), true);
 
 Switch& by_name(const std::string& name) {
-  for (Switch* s : {&cpu_regime_switch(), &cpu_isa_switch(), &cuda_regime_switch()})
+  for (Switch* s : {&cpu_regime_switch(), &cpu_isa_switch(), &cuda_regime_switch(), &cuda_gemm_tf32_switch()})
     if (name == s->name) return *s;
   TORCH_CHECK_VALUE(false, "unknown fused_rnn switch '", name,
-                    "': expected FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA or FUSED_RNN_CUDA_REGIME");
+                    "': expected FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME or "
+                    "FUSED_RNN_CUDA_GEMM_TF32");
 }
 
 }  // namespace
@@ -61,6 +67,9 @@ CpuRegime cpu_regime() { return static_cast<CpuRegime>(cpu_regime_switch().choic
 CpuIsa cpu_isa() { return static_cast<CpuIsa>(cpu_isa_switch().choice.load(std::memory_order_relaxed)); }
 CudaRegime cuda_regime() {
   return static_cast<CudaRegime>(cuda_regime_switch().choice.load(std::memory_order_relaxed));
+}
+CudaGemmTf32 cuda_gemm_tf32() {
+  return static_cast<CudaGemmTf32>(cuda_gemm_tf32_switch().choice.load(std::memory_order_relaxed));
 }
 
 void set(const std::string& name, const std::string& value) {

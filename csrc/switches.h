@@ -5,6 +5,10 @@
 //   FUSED_RNN_CPU_ISA      auto (default) | avx2 | baseline: which build of the CPU task loops runs
 //   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm | resident: forces a CUDA regime
 //                          (resident: opt-in until a GPU run has validated it)
+//   FUSED_RNN_CUDA_GEMM_TF32 matmul (default) | rnn: which flags let the CUDA stack's float32 GEMMs
+//                          (projections, gradients, the per-step GEMM regime) use TF32. matmul: both
+//                          cuDNN's RNN flag and torch.backends.cuda.matmul's; rnn: the RNN flag alone,
+//                          nn.RNN's rule (cuda/tf32_gemm.cu; opt-in until a GPU run has validated it)
 // An unknown value in the environment means the default; set() refuses it.
 #pragma once
 
@@ -15,10 +19,12 @@ namespace fused_rnn::switches {
 enum class CpuRegime { Fused, Gemm };
 enum class CpuIsa { Auto, Avx2, Baseline };
 enum class CudaRegime { Auto, Grid, Step, Gemm, Resident };
+enum class CudaGemmTf32 { Matmul, Rnn };
 
 CpuRegime cpu_regime();
 CpuIsa cpu_isa();
 CudaRegime cuda_regime();
+CudaGemmTf32 cuda_gemm_tf32();
 
 // name: one of the variables above; value: one of its values. Throws c10::ValueError otherwise.
 void set(const std::string& name, const std::string& value);

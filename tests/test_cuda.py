@@ -316,6 +316,37 @@ def test_per_operator_tf32_flags(rnn_precision, switch):
     assert ran == ("resident_tf32" if rnn_precision == "tf32" else "resident")
 
 
+@pytest.mark.parametrize("regime,H,B,packed", [("gemm", 300, 9, None), ("gemm", 100, 6, "unsorted"),
+                                               ("auto", 64, 5, None)])
+def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
+    """FUSED_RNN_CUDA_GEMM_TF32=rnn, cuDNN's RNN flag allowing TF32 and torch.backends.cuda.matmul not
+    (PyTorch's defaults): the stack's float32 GEMMs (projections, weight and input gradients, and in
+    the gemm regime every step's product) run on TF32 through cuBLAS directly (tf32_gemm.cu). The
+    results move off the IEEE ones by TF32's rounding and stay within 2x cuDNN's TF32 error."""
+    switch("FUSED_RNN_CUDA_REGIME", regime)
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    try:
+        switch("FUSED_RNN_CUDA_GEMM_TF32", "rnn")
+        assert compare(H=H, B=B, T=5, I=40, num_layers=2, bidirectional=True, packed=packed) == (
+            "gemm" if regime == "gemm" else "single")
+        torch.manual_seed(0)
+        _, _, fused = modules(torch.float32, 40, H, num_layers=2, bidirectional=True)
+        x = cast(make_input(5, B, 40, packed), torch.float32)
+        g_out = torch.randn(*(x.data.shape[:-1] if packed else x.shape[:-1]), 2 * H, device=DEV, dtype=F64)
+        g_hn = torch.randn(4, B, H, device=DEV, dtype=F64)
+        runs = {}
+        for rule in ("matmul", "rnn"):
+            switch("FUSED_RNN_CUDA_GEMM_TF32", rule)
+            runs[rule] = cuda_run(fused, x, None, g_out, g_hn)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    for name, ieee in runs["matmul"].items():
+        if isinstance(ieee, torch.Tensor) and ieee.is_floating_point():
+            moved = (runs["rnn"][name] - ieee).abs().max().item()
+            assert moved > 1e-5 * max(1.0, ieee.abs().max().item()), f"{name}: TF32 changed nothing"
+
+
 def test_step_fallback_huge_hidden():
     """H = 8192: W_hh fits neither one CTA nor a co-resident grid, so the kernel path runs the per-step
     kernel (B = 1). From B = 2 B·H² reaches kGemmRecurrenceMinWork and float32 takes the per-step

@@ -1,4 +1,5 @@
-"""The kernels' run-time switches FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA and FUSED_RNN_CUDA_REGIME:
+"""The kernels' run-time switches FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME and
+FUSED_RNN_CUDA_GEMM_TF32:
 read from the environment once, when the library loads; set and read back through fused_rnn._C (what
 conftest's `switch` fixture uses); unknown names and values refused; the ISA switch reaching the CPU
 kernels. Plus a build check of the CPU kernels' threads. What the regime switches route where:
@@ -17,6 +18,7 @@ SWITCHES = {
     "FUSED_RNN_CPU_REGIME": ("fused", "gemm"),
     "FUSED_RNN_CPU_ISA": ("auto", "avx2", "baseline"),
     "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm", "resident"),
+    "FUSED_RNN_CUDA_GEMM_TF32": ("matmul", "rnn"),
 }
 
 
@@ -42,7 +44,8 @@ _CHILD = """
 import os
 import fused_rnn
 C = fused_rnn._C
-print(*(C.get_switch(n) for n in ("FUSED_RNN_CPU_ISA", "FUSED_RNN_CPU_REGIME", "FUSED_RNN_CUDA_REGIME")),
+print(*(C.get_switch(n) for n in ("FUSED_RNN_CPU_ISA", "FUSED_RNN_CPU_REGIME", "FUSED_RNN_CUDA_REGIME",
+                                  "FUSED_RNN_CUDA_GEMM_TF32")),
       C.cpu_isa_in_use())
 os.environ["FUSED_RNN_CPU_ISA"] = "auto"
 print(C.get_switch("FUSED_RNN_CPU_ISA"), C.cpu_isa_in_use())
@@ -52,10 +55,11 @@ print(C.get_switch("FUSED_RNN_CPU_ISA"), C.cpu_isa_in_use())
 def test_environment_is_read_once_at_load():
     """A process started with the variables set begins with their values (an unknown one: the default);
     changing the environment afterwards changes nothing."""
-    env = dict(os.environ, FUSED_RNN_CPU_ISA="baseline", FUSED_RNN_CPU_REGIME="gemm", FUSED_RNN_CUDA_REGIME="fast")
+    env = dict(os.environ, FUSED_RNN_CPU_ISA="baseline", FUSED_RNN_CPU_REGIME="gemm", FUSED_RNN_CUDA_REGIME="fast",
+               FUSED_RNN_CUDA_GEMM_TF32="rnn")
     proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == ["baseline gemm auto baseline", "baseline baseline"]
+    assert proc.stdout.splitlines() == ["baseline gemm auto rnn baseline", "baseline baseline"]
 
 
 def test_isa_switch_takes_effect(switch):

@@ -14,7 +14,17 @@ namespace {
 
 const RecurrenceKernels kCpuFusedKernels{recurrence_forward_cpu, recurrence_backward_cpu, small_projection_cpu,
                                          small_layer_grads_cpu};
-const RecurrenceKernels kCpuGemmKernels{recurrence_forward_gemm, recurrence_backward_gemm};
+// The per-step GEMM path with ATen's products (no device GEMM).
+void forward_gemm_cpu(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh, const StepLayout& lay,
+                      bool relu, const at::Tensor& hy) {
+  recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy, /*gemm=*/nullptr);
+}
+void backward_gemm_cpu(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy, const at::Tensor& w_hh,
+                       const StepLayout& lay, bool relu, const at::Tensor& dh0) {
+  recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0, /*gemm=*/nullptr);
+}
+
+const RecurrenceKernels kCpuGemmKernels{forward_gemm_cpu, backward_gemm_cpu};
 
 // FUSED_RNN_CPU_REGIME=gemm runs what the CUDA build runs for large steps on the CPU: the per-step
 // GEMM recurrence (recurrence_gemm.cpp) and the stack's ATen projection and gradients at every size

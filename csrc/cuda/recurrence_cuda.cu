@@ -12,7 +12,9 @@
 
 #include "cuda/recurrence_cuda.h"
 #include "cuda/recurrence_kernel.cuh"
+#include "column_major_gemm.h"
 #include "cuda/resident_layout.h"
+#include "cuda/tf32_gemm.h"
 #include "cuda/upload_by_value.h"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
@@ -90,6 +92,21 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
 // float16/bfloat16 take it only when forced (opt-in until a GPU run measures where it wins): cuBLAS
 // accumulates in fp32, and each step's pre-activation and h are rounded to the half type, as in
 // nn.RNN's own half-precision paths.
+// RecurrenceKernels::gemm: float32 on TF32 through cuBLAS directly (tf32_gemm.cu) where
+// FUSED_RNN_CUDA_GEMM_TF32=rnn asks for nn.RNN's rule, cuDNN's RNN flag allows TF32 and
+// torch.backends.cuda.matmul does not (where it does, ATen's own GEMM is TF32 already). Every other
+// product is left to ATen.
+bool gemm_cuda(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, const at::Tensor& addend) {
+  if (c.scalar_type() != at::kFloat || switches::cuda_gemm_tf32() != switches::CudaGemmTf32::Rnn ||
+      !rnn_allows_tf32() || at::globalContext().allowTF32CuBLAS() || !column_major_gemm(c, a, b)) {
+    return false;
+  }
+  // A bias goes into c first, for β = 1. Should cuBLAS's entry point be missing after all (false),
+  // ATen's addmm_out still writes all of c = bias + a·b, whatever c holds.
+  if (addend.defined() && !addend.is_same(c)) c.copy_(addend.expand_as(c));
+  return cuda::tf32_gemm(c, a, b, addend.defined() ? 1.0f : 0.0f);
+}
+
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   const bool half = st == at::kHalf || st == at::kBFloat16;
@@ -111,7 +128,7 @@ void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const 
                              const StepLayout& lay, bool relu, const at::Tensor& hy) {
   if (use_gemm_recurrence(out, h0.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(out.device());
-    recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy);
+    recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy, gemm_cuda);
     switches::record_cuda_regime("gemm");
     return;
   }
@@ -122,7 +139,7 @@ void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const
                               const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
   if (use_gemm_recurrence(dpre, ghy.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(dpre.device());
-    recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0);
+    recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0, gemm_cuda);
     switches::record_cuda_regime("gemm");
     return;
   }
@@ -132,7 +149,7 @@ void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const
 namespace {
 
 const RecurrenceKernels kCudaKernels{recurrence_forward_cuda, recurrence_backward_cuda, nullptr, nullptr,
-                                     cuda::upload_by_value};
+                                     cuda::upload_by_value, gemm_cuda};
 
 // float32 follows cuDNN's RNN TF32 flag (rnn_allows_tf32), the switch nn.RNN obeys: where it forbids TF32,
 // the stack's cuBLAS GEMMs are held to IEEE fp32 as well (a thread-local guard; no global state is
