@@ -134,7 +134,8 @@ def environment(args, device):
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=torch.cuda.get_device_name(0), gpu_sms=props.multi_processor_count,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   tf32=args.tf32, cuda_regime=args.cuda_regime, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                   tf32=args.tf32, cuda_regime=args.cuda_regime, gemm_tf32=args.gemm_tf32,
+                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     try:
         import onnxruntime
@@ -289,7 +290,7 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype)
     x_base = x.to(base_dtype)
 
-    tol_key = "float32+tf32" if (dtype == torch.float32 and device == "cuda" and args.tf32 == "on") else dtype_name
+    tol_key = "float32+tf32" if (dtype == torch.float32 and device == "cuda" and args.tf32 != "off") else dtype_name
     tol = TOLERANCE["bfloat16" if base_dtype != dtype else tol_key]
     check = {"tolerance": tol}
     errors = {}
@@ -396,7 +397,8 @@ def header_lines(env):
              f"onnxruntime {env['onnxruntime'] or 'not installed'}",
              f"- dtype {', '.join(env['dtypes'])}; TF32 "
              + (f"{env['tf32']} (cudnn.allow_tf32={env['cudnn_allow_tf32']}, "
-                f"cuda.matmul.allow_tf32={env['matmul_allow_tf32']}); fused regime forced: "
+                f"cuda.matmul.allow_tf32={env['matmul_allow_tf32']}, FUSED_RNN_CUDA_GEMM_TF32="
+                f"{env.get('gemm_tf32', 'matmul')}); fused regime forced: "
                 f"{env.get('cuda_regime', 'auto')}" if env["device"] == "cuda" else "n/a (CPU)"),
              "- Method: correctness check, warm-up, interleaved samples (nn.RNN / fused / ORT), median; "
              + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter")
@@ -530,9 +532,12 @@ def main(argv=None):
     p.add_argument("--dtype", default=None,
                    help="comma list of float32,float64,bfloat16,float16 (default: float32 on the CPU; "
                         "float32 and bfloat16 on CUDA; on CUDA float32 is always included in the sweep)")
-    p.add_argument("--tf32", choices=["on", "off"], default="off",
-                   help="CUDA: torch.backends.cudnn.allow_tf32 and cuda.matmul.allow_tf32 (default off: "
-                        "true fp32 for both nn.RNN and fused)")
+    p.add_argument("--tf32", choices=["on", "off", "default"], default="off",
+                   help="CUDA: torch.backends.cudnn.allow_tf32 and cuda.matmul.allow_tf32 both on or off "
+                        "(default off: true fp32 for both nn.RNN and fused), or 'default': PyTorch's defaults, "
+                        "cuDNN on and matmul off (what users get)")
+    p.add_argument("--gemm-tf32", choices=["matmul", "rnn"], default="matmul",
+                   help="CUDA: FUSED_RNN_CUDA_GEMM_TF32, which flags let the fused stack's float32 GEMMs use TF32")
     p.add_argument("--cuda-regime", choices=["auto", "grid", "step", "gemm", "resident"], default="auto",
                    help="CUDA: forces a fused regime (FUSED_RNN_CUDA_REGIME, through fused_rnn._C.set_switch); "
                         "the table's 'fused regime' column names the one the forward took")
@@ -561,7 +566,9 @@ def main(argv=None):
     if args.device == "cuda":
         if not torch.cuda.is_available():
             p.error("--device cuda: torch sees no GPU")
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+        torch.backends.cudnn.allow_tf32 = args.tf32 in ("on", "default")
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+        fused_rnn._C.set_switch("FUSED_RNN_CUDA_GEMM_TF32", args.gemm_tf32)
         torch.backends.cudnn.benchmark = False
         fused_rnn._C.set_switch("FUSED_RNN_CUDA_REGIME", args.cuda_regime)
         if not fused_rnn.cuda_available():

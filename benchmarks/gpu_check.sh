@@ -7,6 +7,7 @@
 #   3b. the benchmark again with TF32 allowed, float32 and float16
 #   3c. the SM-resident regimes forced beside the default one (A/B): float32 TF32 off and on,
 #       float16 and bfloat16
+#   3c'. float32 with PyTorch's default TF32 flags, the GEMM path's TF32 rule A/B (FUSED_RNN_CUDA_GEMM_TF32)
 #   3d. the generation row (benchmarks/generation.py), default and resident regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   4a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
@@ -125,6 +126,16 @@ for regime in gemm auto; do
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16 --cuda-regime "$regime" \
     --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024 64,128,2048,2048" \
     --out "$WORK/bench_half_gemm_$regime"
+done
+
+#     float32 with PyTorch's default flags (cuDNN TF32 on, matmul off) where the per-step GEMM regime
+#     runs: the stack's GEMMs in IEEE (FUSED_RNN_CUDA_GEMM_TF32=matmul) against TF32 under nn.RNN's
+#     rule (rnn, opt-in), nn.RNN (cuDNN TF32) beside both
+for rule in rnn matmul; do
+  stage "bench_gemm_tf32_$rule" 50 "--tf32 default --gemm-tf32 $rule, float32, large H" \
+    "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 --tf32 default --gemm-tf32 "$rule" \
+    --shapes "8,128,1024,1024 64,128,1024,1024 256,128,1024,1024 64,128,2048,2048" \
+    --out "$WORK/bench_gemm_tf32_$rule"
 done
 
 # 3d. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
