@@ -8,7 +8,7 @@
 //   FUSED_RNN_CUDA_GEMM_TF32 matmul (default) | rnn: which flags let the CUDA stack's float32 GEMMs
 //                          (projections, gradients, the per-step GEMM regime) use TF32. matmul: both
 //                          cuDNN's RNN flag and torch.backends.cuda.matmul's; rnn: the RNN flag alone,
-//                          nn.RNN's rule (cuda/tf32_gemm.cu; opt-in until a GPU run has validated it)
+//                          nn.RNN's rule (cuda/cublas_gemm.cu; opt-in until a GPU run has validated it)
 // An unknown value in the environment means the default; set() refuses it.
 #pragma once
 

@@ -195,11 +195,16 @@ def test_forced_regimes(regime, dtype, B, switch):
     assert ran == regime
 
 
-@pytest.mark.parametrize("H,B", [(300, 64), (1024, 8)])
-def test_forced_gemm_path_in_float16(H, B, switch):
-    """The per-step GEMM path in float16 (opt-in) against cuDNN float16, 2x rule."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("H,B,nonlinearity,packed", [(300, 64, "tanh", None), (1024, 8, "tanh", None),
+                                                     (200, 33, "relu", "unsorted"), (70, 5, "tanh", "sorted")])
+def test_forced_gemm_path_in_half_types(H, B, nonlinearity, packed, dtype, switch):
+    """The per-step GEMM path for float16/bfloat16 (opt-in; gemm_steps_half.cu: a cuBLAS product into
+    fp32 and one pointwise kernel per step) against nn.RNN in the same dtype, 2x rule; packed input
+    exercises the rows that begin and end mid-sequence (h0, hy, dh0 and the hy gradient)."""
     switch("FUSED_RNN_CUDA_REGIME", "gemm")
-    assert compare(dtype=torch.float16, H=H, B=B, T=5, num_layers=2, bidirectional=True) == "gemm"
+    assert compare(dtype=dtype, H=H, B=B, T=5, num_layers=2, bidirectional=True, nonlinearity=nonlinearity,
+                   packed=packed) == "gemm"
 
 
 # The SM-resident regime (csrc/cuda/resident_cuda.cu), forced: every shape of resident_layout.h
@@ -321,7 +326,7 @@ def test_per_operator_tf32_flags(rnn_precision, switch):
 def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
     """FUSED_RNN_CUDA_GEMM_TF32=rnn, cuDNN's RNN flag allowing TF32 and torch.backends.cuda.matmul not
     (PyTorch's defaults): the stack's float32 GEMMs (projections, weight and input gradients, and in
-    the gemm regime every step's product) run on TF32 through cuBLAS directly (tf32_gemm.cu). The
+    the gemm regime every step's product) run on TF32 through cuBLAS directly (cublas_gemm.cu). The
     results move off the IEEE ones by TF32's rounding and stay within 2x cuDNN's TF32 error."""
     switch("FUSED_RNN_CUDA_REGIME", regime)
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

@@ -14,7 +14,8 @@
 #include "cuda/recurrence_kernel.cuh"
 #include "column_major_gemm.h"
 #include "cuda/resident_layout.h"
-#include "cuda/tf32_gemm.h"
+#include "cuda/cublas_gemm.h"
+#include "cuda/gemm_steps_half.h"
 #include "cuda/upload_by_value.h"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
@@ -85,14 +86,7 @@ void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& 
   });
 }
 
-// The per-step GEMM recurrence (recurrence_gemm.cpp) instead of the persistent kernel: float32 and
-// float64 steps of at least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is
-// faster than the kernel's per-CTA mat-vec. The FUSED_RNN_CUDA_REGIME switch: gemm forces it for
-// every dtype, grid or step rule it out, resident rules it out where a resident kernel applies.
-// float16/bfloat16 take it only when forced (opt-in until a GPU run measures where it wins): cuBLAS
-// accumulates in fp32, and each step's pre-activation and h are rounded to the half type, as in
-// nn.RNN's own half-precision paths.
-// RecurrenceKernels::gemm: float32 on TF32 through cuBLAS directly (tf32_gemm.cu) where
+// RecurrenceKernels::gemm: float32 on TF32 through cuBLAS directly (cublas_gemm.cu) where
 // FUSED_RNN_CUDA_GEMM_TF32=rnn asks for nn.RNN's rule, cuDNN's RNN flag allows TF32 and
 // torch.backends.cuda.matmul does not (where it does, ATen's own GEMM is TF32 already). Every other
 // product is left to ATen.
@@ -104,9 +98,15 @@ bool gemm_cuda(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, co
   // A bias goes into c first, for β = 1. Should cuBLAS's entry point be missing after all (false),
   // ATen's addmm_out still writes all of c = bias + a·b, whatever c holds.
   if (addend.defined() && !addend.is_same(c)) c.copy_(addend.expand_as(c));
-  return cuda::tf32_gemm(c, a, b, addend.defined() ? 1.0f : 0.0f);
+  return cuda::cublas_gemm(c, a, b, addend.defined() ? 1.0f : 0.0f);
 }
 
+// The per-step GEMM recurrence instead of the persistent kernel: float32 and float64 steps of at
+// least kGemmRecurrenceMinWork multiply-adds (B·H²), where cuBLAS's tiled GEMM is faster than the
+// kernel's per-CTA mat-vec (recurrence_gemm.cpp). The FUSED_RNN_CUDA_REGIME switch: gemm forces it
+// for every dtype, grid or step rule it out, resident rules it out where a resident kernel applies.
+// float16/bfloat16 take it only when forced (opt-in until a GPU run measures where it wins), in
+// gemm_steps_half.cu: fp32 products and activations, each value rounded to the half type once.
 bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   const at::ScalarType st = buf.scalar_type();
   const bool half = st == at::kHalf || st == at::kBFloat16;
@@ -128,7 +128,9 @@ void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const 
                              const StepLayout& lay, bool relu, const at::Tensor& hy) {
   if (use_gemm_recurrence(out, h0.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(out.device());
-    recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy, gemm_cuda);
+    if (!cuda::gemm_steps_half_forward(out, h0, w_hh, lay, relu, hy)) {
+      recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy, gemm_cuda);
+    }
     switches::record_cuda_regime("gemm");
     return;
   }
@@ -139,7 +141,9 @@ void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const
                               const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
   if (use_gemm_recurrence(dpre, ghy.size(1), w_hh.size(2))) {
     const c10::cuda::CUDAGuard guard(dpre.device());
-    recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0, gemm_cuda);
+    if (!cuda::gemm_steps_half_backward(dpre, y, ghy, w_hh, lay, relu, dh0)) {
+      recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0, gemm_cuda);
+    }
     switches::record_cuda_regime("gemm");
     return;
   }

@@ -1,0 +1,173 @@
+// The per-step GEMM regime for float16 and bfloat16 (recurrence.h contract, any StepLayout), for
+// hidden sizes beyond what one cluster holds. Per step and direction:
+//   1. one cuBLAS GEMM (cublas_gemm.h): the recurrent product in fp32, from half operands, into an
+//      fp32 scratch acc [B, H], never rounded;
+//   2. one pointwise kernel: the activation (forward) or its derivative (BPTT) in fp32 on
+//      pre_t + acc (the bias is in pre_t already, from the projection), rounded to the half type
+//      once, with hy's rows (forward) or the hy gradient (BPTT) in the same pass.
+// Two launches a step, both made directly (no ATen dispatch per step), against ATen's path
+// (recurrence_gemm.cpp: an addmm_ that rounds pre_t + h·W_hhᵀ to the half type, then tanh_ in place,
+// then a copy for hy). The BPTT's dh0 rows are one more GEMM with a half result where sequences begin.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+
+#include "cuda/activation.cuh"
+#include "cuda/cublas_gemm.h"
+#include "cuda/gemm_steps_half.h"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+
+// Launch shape of the epilogues: one block row per batch row (grid.x, so any B), blocks of up to
+// kThreads columns (grid.y): no division per element.
+constexpr int kThreads = 256;
+
+struct EpilogueLaunch {
+  dim3 grid;
+  unsigned threads;
+};
+
+EpilogueLaunch epilogue_launch(int64_t n, int64_t H) {
+  const int64_t threads = std::min<int64_t>(kThreads, (H + 31) / 32 * 32);
+  return {dim3(static_cast<unsigned>(n), static_cast<unsigned>((H + threads - 1) / threads)),
+          static_cast<unsigned>(threads)};
+}
+
+// out rows [0, n) of one step and direction (row r = blockIdx.x), in place: out[r, j] = act(out[r, j] + acc[r, j]),
+// rounded once; rows r >= ending (their pass ends at this step) also go to hy[r, j].
+//   out [n, H] row stride ld (a direction's columns of [N, D*H]), acc [n, H] fp32 contiguous,
+//   hy [n, H] contiguous (the direction's [B, H], first n rows)
+template <typename T>
+__global__ void forward_step_epilogue(T* __restrict__ out, int64_t ld, const float* __restrict__ acc,
+                                      T* __restrict__ hy, int64_t H, int64_t ending, bool relu) {
+  const int64_t r = blockIdx.x, j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  const int64_t i = r * H + j;
+  const T h = static_cast<T>(act(static_cast<float>(out[r * ld + j]) + acc[i], relu));
+  out[r * ld + j] = h;
+  if (r >= ending) hy[i] = h;
+}
+
+// δ rows [0, n) of one step and direction (row r = blockIdx.x), in place: dpre[r, j] = (g + from_next) · act'(y[r, j]),
+// g = dpre[r, j] on entry; from_next = acc[r, j] (δ of the next step · W_hh, fp32) for the rows
+// that live on (r < carried), else the hy gradient ghy[r, j]. act' from the output y: 1 - y² for
+// tanh, y > 0 for relu (nn.RNN's threshold_backward: 0 at y = 0).
+//   dpre, y [n, H] row stride ld; acc [n, H] fp32 contiguous; ghy [n, H] contiguous
+template <typename T>
+__global__ void backward_step_epilogue(T* __restrict__ dpre, const T* __restrict__ y, int64_t ld,
+                                       const float* __restrict__ acc, const T* __restrict__ ghy, int64_t H,
+                                       int64_t carried, bool relu) {
+  const int64_t r = blockIdx.x, j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  const int64_t i = r * H + j;
+  const float g = static_cast<float>(dpre[r * ld + j]) + (r < carried ? acc[i] : static_cast<float>(ghy[i]));
+  const float yv = static_cast<float>(y[r * ld + j]);
+  const float d = relu ? (yv > 0.f ? 1.f : 0.f) : 1.f - yv * yv;
+  dpre[r * ld + j] = static_cast<T>(g * d);
+}
+
+// c = a·b on cuBLAS, which must take it (the views here are always ones it reads as they lie).
+void gemm(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(cublas_gemm(c, a, b, 0.0f), "fused_rnn: the half GEMM regime's cuBLAS call was refused");
+}
+
+template <typename T>
+void forward(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh, const StepLayout& lay, bool relu,
+             const at::Tensor& hy, const at::Tensor& acc, cudaStream_t stream) {
+  const int64_t D = w_hh.size(0), H = w_hh.size(2);
+  const StepRule rule = lay.rule();
+  for (int64_t d = 0; d < D; ++d) {
+    const bool reverse = d == 1;
+    const at::Tensor od = out.narrow(1, d * H, H);  // [N, H], row stride D*H
+    const at::Tensor wt = w_hh[d].t();              // [H, H]: h·W_hhᵀ
+    const at::Tensor h0d = h0[d], hyd = hy[d];      // [B, H]
+    for (int64_t s = 0; s < lay.T; ++s) {
+      const int64_t t = rule.step(s, reverse), n = lay.batch[t];
+      if (n == 0) continue;
+      const int64_t carried = rule.continued_rows(t, reverse);
+      if (carried > 0) {
+        gemm(acc.narrow(0, 0, carried), od.narrow(0, lay.offset[rule.prev_step(t, reverse)], carried), wt);
+      }
+      if (carried < n) gemm(acc.narrow(0, carried, n - carried), h0d.narrow(0, carried, n - carried), wt);
+      const EpilogueLaunch e = epilogue_launch(n, H);
+      forward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
+          od.data_ptr<T>() + lay.offset[t] * D * H, D * H, acc.const_data_ptr<float>(), hyd.data_ptr<T>(), H,
+          rule.first_ending_row(t, reverse), relu);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+}
+
+template <typename T>
+void backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy, const at::Tensor& w_hh,
+              const StepLayout& lay, bool relu, const at::Tensor& dh0, const at::Tensor& acc, cudaStream_t stream) {
+  const int64_t D = w_hh.size(0), H = w_hh.size(2);
+  const StepRule rule = lay.rule();
+  for (int64_t d = 0; d < D; ++d) {
+    const bool reverse = d == 1;
+    const at::Tensor gd = dpre.narrow(1, d * H, H), yd = y.narrow(1, d * H, H);  // [N, H]
+    const at::Tensor w = w_hh[d];                                                  // [H, H]: δ·W_hh
+    const at::Tensor ghyd = ghy[d], dh0d = dh0[d];                                 // [B, H]
+    for (int64_t s = 0; s < lay.T; ++s) {
+      const int64_t t = rule.step(s, !reverse), n = lay.batch[t];  // against the direction's forward order
+      if (n == 0) continue;
+      const int64_t carried = rule.first_ending_row(t, reverse);  // rows living on at the next step
+      if (carried > 0) {
+        gemm(acc.narrow(0, 0, carried), gd.narrow(0, lay.offset[rule.next_step(t, reverse)], carried), w);
+      }
+      const EpilogueLaunch e = epilogue_launch(n, H);
+      backward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
+          gd.data_ptr<T>() + lay.offset[t] * D * H, yd.const_data_ptr<T>() + lay.offset[t] * D * H, D * H,
+          acc.const_data_ptr<float>(), ghyd.const_data_ptr<T>(), H, carried, relu);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t b0 = rule.continued_rows(t, reverse);  // rows whose pass began here: dh0 = δ·W_hh
+      if (b0 < n) gemm(dh0d.narrow(0, b0, n - b0), gd.narrow(0, lay.offset[t] + b0, n - b0), w);
+    }
+  }
+}
+
+bool half_type(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+}  // namespace
+
+bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
+                             const StepLayout& lay, bool relu, const at::Tensor& hy) {
+  if (!half_type(out) || !cublas_available()) return false;
+  const int64_t B = h0.size(1), H = w_hh.size(2);
+  if (B == 0 || H == 0 || out.size(0) == 0) return true;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor acc = at::empty({B, H}, out.options().dtype(at::kFloat));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (out.scalar_type() == at::kHalf) {
+    forward<c10::Half>(out, h0, w_hh, lay, relu, hy, acc, stream);
+  } else {
+    forward<c10::BFloat16>(out, h0, w_hh, lay, relu, hy, acc, stream);
+  }
+  return true;
+}
+
+bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
+                              const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
+  if (!half_type(dpre) || !cublas_available()) return false;
+  const int64_t B = ghy.size(1), H = w_hh.size(2);
+  if (B == 0 || H == 0 || dpre.size(0) == 0) return true;
+  const c10::cuda::CUDAGuard guard(dpre.device());
+  const at::Tensor acc = at::empty({B, H}, dpre.options().dtype(at::kFloat));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (dpre.scalar_type() == at::kHalf) {
+    backward<c10::Half>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
+  } else {
+    backward<c10::BFloat16>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
+  }
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn
