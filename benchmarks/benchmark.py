@@ -538,7 +538,7 @@ def main(argv=None):
                         "cuDNN on and matmul off (what users get)")
     p.add_argument("--gemm-tf32", choices=["matmul", "rnn"], default="matmul",
                    help="CUDA: FUSED_RNN_CUDA_GEMM_TF32, which flags let the fused stack's float32 GEMMs use TF32")
-    p.add_argument("--cuda-regime", choices=["auto", "grid", "step", "gemm", "resident"], default="auto",
+    p.add_argument("--cuda-regime", choices=["auto", "grid", "step", "gemm", "resident", "tuned"], default="auto",
                    help="CUDA: forces a fused regime (FUSED_RNN_CUDA_REGIME, through fused_rnn._C.set_switch); "
                         "the table's 'fused regime' column names the one the forward took")
     p.add_argument("--shapes", type=parse_shapes, default=None,
@@ -616,6 +616,11 @@ def main(argv=None):
     md += [f"- {n}" for n in notes]
     md.append(f"- Wall time {env['wall_s']} s; raw samples in results.json"
               + (f"; {plot_msg}" if plot_msg else "; plot in speedup.png"))
+    tuning = fused_rnn._C.tuning_log() if args.device == "cuda" else []
+    if tuning:  # --cuda-regime tuned: what each kind of call measured and took
+        env["tuning_log"] = tuning
+        md += ["", "Regime choices (FUSED_RNN_CUDA_REGIME=tuned: trial time per route, µs for the first "
+               "min(T, 16) steps):", ""] + [f"- {line}" for line in tuning]
     text = "\n".join(md) + "\n"
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -8,6 +8,7 @@
 #   3c. the SM-resident regimes forced beside the default one (A/B): float32 TF32 off and on,
 #       float16 and bfloat16
 #   3c'. float32 with PyTorch's default TF32 flags, the GEMM path's TF32 rule A/B (FUSED_RNN_CUDA_GEMM_TF32)
+#   3c''. the tuned regime choice against the fixed rule (FUSED_RNN_CUDA_REGIME=tuned / auto)
 #   3d. the generation row (benchmarks/generation.py), default and resident regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   4a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
@@ -138,10 +139,18 @@ for rule in rnn matmul; do
     --out "$WORK/bench_gemm_tf32_$rule"
 done
 
+#     the tuned regime choice (opt-in) against the fixed rule, PyTorch's default TF32 flags, the quick
+#     sweep's shapes in float32 and float16; the tuned run's table lists what each kind of call timed
+for regime in tuned auto; do
+  stage "bench_choice_$regime" 60 "--cuda-regime $regime --tf32 default, float32 and float16" \
+    "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 default \
+    --cuda-regime "$regime" --out "$WORK/bench_choice_$regime"
+done
+
 # 3d. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
 #     (the issue's row), then H = 128 in the resident regime (which holds H <= 192; the table has
 #     nn.RNN beside it)
-for run in "auto 256" "resident 128"; do
+for run in "auto 256" "tuned 256" "resident 128"; do
   set -- $run
   stage "generation_$1_h$2" 60 "benchmarks/generation.py --cuda-regime $1 --hidden $2" \
     "$PY" benchmarks/generation.py --cuda-regime "$1" --hidden "$2" --out "$WORK/generation_$1_h$2.md"

@@ -11,6 +11,8 @@
 //                     positional arguments by hand. It dispatches exactly like the op (autograd,
 //                     Python dispatch modes included); fused_rnn/ops.py uses it only where no
 //                     __torch_function__ override could want to see the call.
+//   set_switch / get_switch, cpu_isa_in_use(), last_cuda_regime(), tuning_log(): the run-time
+//                     switches (switches.h) and what they led to
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,6 +22,7 @@
 
 #include <atomic>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cpu/recurrence_cpu.h"
@@ -141,6 +144,23 @@ PyObject* last_cuda_regime(PyObject*, PyObject*) {
   return PyUnicode_FromString(fused_rnn::switches::last_cuda_regime());
 }
 
+PyObject* tuning_log(PyObject*, PyObject*) {
+  HANDLE_TH_ERRORS
+  const std::vector<std::string> lines = fused_rnn::switches::tuning_log();
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(lines.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    PyObject* s = PyUnicode_FromString(lines[i].c_str());
+    if (s == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), s);
+  }
+  return list;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
     {"parallel_threads_used", parallel_threads_used, METH_NOARGS,
@@ -149,13 +169,16 @@ PyMethodDef methods[] = {
      "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
     {"set_switch", set_switch, METH_VARARGS,
      "set_switch(name, value): sets a run-time switch (FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, "
-     "FUSED_RNN_CUDA_REGIME) for this process; the environment is read once, at import."},
+     "FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32) for this process; the environment is read once, at import."},
     {"get_switch", get_switch, METH_VARARGS, "get_switch(name): the current value of a run-time switch."},
     {"cpu_isa_in_use", cpu_isa_in_use, METH_NOARGS,
      "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
     {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
      "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'resident', "
      "'resident_cluster', 'resident_mma', 'resident_tf32'; '' before any)."},
+    {"tuning_log", tuning_log, METH_NOARGS,
+     "FUSED_RNN_CUDA_REGIME=tuned: one line per regime choice made in this process (the kind of call, each "
+     "candidate's trial time, the choice)."},
     {nullptr, nullptr, 0, nullptr}};
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods, nullptr, nullptr, nullptr, nullptr};
 

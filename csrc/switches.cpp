@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <string_view>
 #include <vector>
 
@@ -41,7 +42,7 @@ Switch& cpu_isa_switch() {
   return s;
 }
 Switch& cuda_regime_switch() {
-  static Switch s("FUSED_RNN_CUDA_REGIME", {"auto", "grid", "step", "gemm", "resident"});
+  static Switch s("FUSED_RNN_CUDA_REGIME", {"auto", "grid", "step", "gemm", "resident", "tuned"});
   return s;
 }
 
@@ -95,5 +96,23 @@ thread_local const char* last_regime = "";
 
 void record_cuda_regime(const char* regime) { last_regime = regime; }
 const char* last_cuda_regime() { return last_regime; }
+
+namespace {
+std::mutex tuning_mutex;
+std::vector<std::string>& tuning_lines() {
+  static std::vector<std::string> lines;
+  return lines;
+}
+}  // namespace
+
+void record_tuning(std::string line) {
+  const std::lock_guard<std::mutex> lock(tuning_mutex);
+  tuning_lines().push_back(std::move(line));
+}
+
+std::vector<std::string> tuning_log() {
+  const std::lock_guard<std::mutex> lock(tuning_mutex);
+  return tuning_lines();
+}
 
 }  // namespace fused_rnn::switches

@@ -3,8 +3,9 @@
 // write os.environ, which a kernel reading getenv on every call would race with.
 //   FUSED_RNN_CPU_REGIME   fused (default) | gemm: the CPU runs the device-agnostic per-step GEMM path
 //   FUSED_RNN_CPU_ISA      auto (default) | avx2 | baseline: which build of the CPU task loops runs
-//   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm | resident: forces a CUDA regime
-//                          (resident: opt-in until a GPU run has validated it)
+//   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm | resident | tuned: forces a CUDA
+//                          regime, or (tuned) times the candidates on the first call of each kind and
+//                          takes the fastest (resident, tuned: opt-in until a GPU run has validated them)
 //   FUSED_RNN_CUDA_GEMM_TF32 matmul (default) | rnn: which flags let the CUDA stack's float32 GEMMs
 //                          (projections, gradients, the per-step GEMM regime) use TF32. matmul: both
 //                          cuDNN's RNN flag and torch.backends.cuda.matmul's; rnn: the RNN flag alone,
@@ -13,12 +14,13 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace fused_rnn::switches {
 
 enum class CpuRegime { Fused, Gemm };
 enum class CpuIsa { Auto, Avx2, Baseline };
-enum class CudaRegime { Auto, Grid, Step, Gemm, Resident };
+enum class CudaRegime { Auto, Grid, Step, Gemm, Resident, Tuned };
 enum class CudaGemmTf32 { Matmul, Rnn };
 
 CpuRegime cpu_regime();
@@ -35,5 +37,10 @@ std::string get(const std::string& name);
 // "resident_tf32"; "" before any).
 void record_cuda_regime(const char* regime);
 const char* last_cuda_regime();
+
+// FUSED_RNN_CUDA_REGIME=tuned: one line per choice made in this process (what was timed, the times,
+// the choice), for fused_rnn._C.tuning_log() and the GPU check's report.
+void record_tuning(std::string line);
+std::vector<std::string> tuning_log();
 
 }  // namespace fused_rnn::switches

@@ -12,6 +12,7 @@ fallback), T = 1 and long; determinism, CUDA graph capture, autocast, poisoned b
 
 Shapes: T steps, B batch, I input size, H hidden size, D directions, L layers.
 """
+import re
 import warnings
 
 import pytest
@@ -350,6 +351,32 @@ def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
         if isinstance(ieee, torch.Tensor) and ieee.is_floating_point():
             moved = (runs["rnn"][name] - ieee).abs().max().item()
             assert moved > 1e-5 * max(1.0, ieee.abs().max().item()), f"{name}: TF32 changed nothing"
+
+
+# What last_cuda_regime() names for each route the tuner times.
+TUNED_ROUTES = {"kernel": {"single", "grid", "step"}, "gemm": {"gemm"},
+                "resident": {"resident", "resident_cluster", "resident_mma", "resident_tf32"}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("H,B,T", [(67, 11, 20), (513, 64, 3), (1000, 33, 1)])
+def test_tuned_regime(H, B, T, dtype, switch):
+    """FUSED_RNN_CUDA_REGIME=tuned (opt-in): the first call of a kind times every route that applies
+    (the persistent kernels, the SM-resident kernels, the per-step GEMMs) on copies of its first steps
+    and runs the fastest, forward and BPTT each; a second call of the same kind reuses the choices.
+    Results within 2x nn.RNN's error. (The sizes are unused elsewhere: choices last for the process.)"""
+    switch("FUSED_RNN_CUDA_REGIME", "tuned")
+    before = len(fused_rnn._C.tuning_log())
+    ran = compare(dtype=dtype, H=H, B=B, T=T, I=7)
+    lines = fused_rnn._C.tuning_log()[before:]
+    assert len(lines) == 2, lines  # the layer's forward and its BPTT
+    bptt = next(line for line in lines if " bptt" in line)
+    times = {name: float(us) for name, us in re.findall(r" (\w+) ([0-9.e+-]+) us;", bptt)}
+    chosen = bptt.rsplit("-> ", 1)[1]
+    assert "kernel" in times and chosen == min(times, key=times.get), bptt
+    assert ran in TUNED_ROUTES[chosen]  # compare() returns the BPTT's regime, the fused run's last launch
+    assert compare(dtype=dtype, H=H, B=B, T=T, I=7) == ran
+    assert len(fused_rnn._C.tuning_log()) == before + 2
 
 
 def test_step_fallback_huge_hidden():

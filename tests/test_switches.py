@@ -17,7 +17,7 @@ import fused_rnn
 SWITCHES = {
     "FUSED_RNN_CPU_REGIME": ("fused", "gemm"),
     "FUSED_RNN_CPU_ISA": ("auto", "avx2", "baseline"),
-    "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm", "resident"),
+    "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm", "resident", "tuned"),
     "FUSED_RNN_CUDA_GEMM_TF32": ("matmul", "rnn"),
 }
 

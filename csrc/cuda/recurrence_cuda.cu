@@ -4,18 +4,22 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 
-#include "cuda/recurrence_cuda.h"
-#include "cuda/recurrence_kernel.cuh"
 #include "column_major_gemm.h"
-#include "cuda/resident_layout.h"
 #include "cuda/cublas_gemm.h"
 #include "cuda/gemm_steps_half.h"
+#include "cuda/recurrence_cuda.h"
+#include "cuda/recurrence_kernel.cuh"
+#include "cuda/regime_tuner.h"
+#include "cuda/resident_layout.h"
 #include "cuda/upload_by_value.h"
 #include "recurrence_gemm.h"
 #include "rnn_stack.h"
@@ -63,29 +67,6 @@ bool launch_resident_regime(const cuda::RecParams& p, at::ScalarType st, cudaStr
   return st == at::kFloat && cuda::launch_resident(p, dev.sms, clusters, stream);
 }
 
-// One layer's recurrence through the persistent kernels (recurrence_kernel.cuh).
-// buf [N, D*H] (out or dpre), y [N, D*H] or undefined, h_in/h_out [D, B, H], w_hh [D, H, H].
-void launch_layer(const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
-                  const StepLayout& lay, bool relu, const at::Tensor& h_out, bool backward) {
-  check_buffers({&buf, &y, &h_in, &w_hh, &h_out}, buf);
-  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
-  if (B == 0 || H == 0 || N == 0) return;
-  const c10::cuda::CUDAGuard guard(buf.device());
-  const int64_t T = lay.T;
-  TORCH_CHECK(lay.uniform() || (lay.table.defined() && lay.table.device() == buf.device()),
-              "fused_rnn: internal error: a packed layout must carry its step table on the buffers' device");
-  cuda::RecParams p{buf.data_ptr(), y.defined() ? y.data_ptr() : nullptr, h_in.data_ptr(), h_out.data_ptr(),
-                    w_hh.data_ptr(), lay.uniform() ? nullptr : lay.table.const_data_ptr<int64_t>(), nullptr,
-                    T, B, H, D, relu, backward};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (switches::cuda_regime() == switches::CudaRegime::Resident && launch_resident_regime(p, buf.scalar_type(), stream)) {
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
-    cuda::launch_recurrence<scalar_t>(p, buf.device(), stream);
-  });
-}
-
 // RecurrenceKernels::gemm: float32 on TF32 through cuBLAS directly (cublas_gemm.cu) where
 // FUSED_RNN_CUDA_GEMM_TF32=rnn asks for nn.RNN's rule, cuDNN's RNN flag allows TF32 and
 // torch.backends.cuda.matmul does not (where it does, ATen's own GEMM is TF32 already). Every other
@@ -122,32 +103,119 @@ bool use_gemm_recurrence(const at::Tensor& buf, int64_t B, int64_t H) {
   }
 }
 
+// One layer's recurrence, as recurrence.h has it:
+//   buf [N, D*H] (out, or dpre in BPTT), y [N, D*H] (BPTT; else undefined),
+//   h_in [D, B, H] (h0, or ghy), h_out [D, B, H] (hy, or dh0), w_hh [D, H, H].
+struct LayerCall {
+  const at::Tensor& buf;
+  const at::Tensor& y;
+  const at::Tensor& h_in;
+  const at::Tensor& w_hh;
+  const StepLayout& lay;
+  bool relu;
+  const at::Tensor& h_out;
+  bool backward;
+};
+
+// The ways to run a layer: the persistent kernels (recurrence_kernel.cuh picks single, grid or
+// step), the SM-resident kernels, or one GEMM and one pointwise pass per step.
+enum class Route { Kernel, Resident, Gemm };
+
+cuda::RecParams rec_params(const LayerCall& c) {
+  check_buffers({&c.buf, &c.y, &c.h_in, &c.w_hh, &c.h_out}, c.buf);
+  TORCH_CHECK(c.lay.uniform() || (c.lay.table.defined() && c.lay.table.device() == c.buf.device()),
+              "fused_rnn: internal error: a packed layout must carry its step table on the buffers' device");
+  return cuda::RecParams{c.buf.data_ptr(), c.y.defined() ? c.y.data_ptr() : nullptr, c.h_in.data_ptr(),
+                         c.h_out.data_ptr(), c.w_hh.data_ptr(),
+                         c.lay.uniform() ? nullptr : c.lay.table.const_data_ptr<int64_t>(), nullptr, c.lay.T,
+                         c.h_in.size(1), c.w_hh.size(2), c.w_hh.size(0), c.relu, c.backward};
+}
+
+// Runs the call by route r and returns true, or returns false, launching nothing, where r does not
+// apply (Resident outside its kernels' sizes, dtypes and layouts).
+bool run_route(Route r, const LayerCall& c) {
+  if (c.h_in.size(1) == 0 || c.w_hh.size(2) == 0 || c.buf.size(0) == 0) return true;  // B, H or N is 0
+  const c10::cuda::CUDAGuard guard(c.buf.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  switch (r) {
+    case Route::Gemm:
+      if (c.backward) {
+        if (!cuda::gemm_steps_half_backward(c.buf, c.y, c.h_in, c.w_hh, c.lay, c.relu, c.h_out)) {
+          recurrence_backward_gemm(c.buf, c.y, c.h_in, c.w_hh, c.lay, c.relu, c.h_out, gemm_cuda);
+        }
+      } else if (!cuda::gemm_steps_half_forward(c.buf, c.h_in, c.w_hh, c.lay, c.relu, c.h_out)) {
+        recurrence_forward_gemm(c.buf, c.h_in, c.w_hh, c.lay, c.relu, c.h_out, gemm_cuda);
+      }
+      switches::record_cuda_regime("gemm");
+      return true;
+    case Route::Resident:
+      return launch_resident_regime(rec_params(c), c.buf.scalar_type(), stream);
+    case Route::Kernel:
+      break;
+  }
+  const cuda::RecParams p = rec_params(c);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.buf.scalar_type(), "fused_rnn_recurrence_cuda", [&] {
+    cuda::launch_recurrence<scalar_t>(p, c.buf.device(), stream);
+  });
+  return true;
+}
+
+// The route the switch gives (FUSED_RNN_CUDA_REGIME other than tuned: forced, or the fixed rule).
+Route switch_route(const LayerCall& c) {
+  if (use_gemm_recurrence(c.buf, c.h_in.size(1), c.w_hh.size(2))) return Route::Gemm;
+  return switches::cuda_regime() == switches::CudaRegime::Resident ? Route::Resident : Route::Kernel;
+}
+
+// FUSED_RNN_CUDA_REGIME=tuned: the measured fastest route for this kind of call (regime_tuner.h),
+// tuning it on the first such call: each route runs min(T, kTuneSteps) steps on copies of the
+// call's first steps. nullopt (the fixed rule decides) for packed input, or while the stream is
+// being captured into a CUDA graph (a trial must synchronise).
+std::optional<Route> tuned_route(const LayerCall& c) {
+  if (!c.lay.uniform()) return std::nullopt;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(c.buf.device().index()).stream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return std::nullopt;
+  static constexpr Route kRoutes[] = {Route::Kernel, Route::Resident, Route::Gemm};
+  const at::ScalarType st = c.buf.scalar_type();
+  const int64_t B = c.h_in.size(1), steps = std::min(c.lay.T, cuda::kTuneSteps);
+  const cuda::TuneKey key{c.buf.device().index(), st, B, c.w_hh.size(2), c.w_hh.size(0), steps, c.backward,
+                          st == at::kFloat && rnn_allows_tf32(),
+                          st == at::kFloat && at::globalContext().allowTF32CuBLAS()};
+  if (const std::optional<int> i = cuda::tuned_choice(key)) return kRoutes[*i];
+
+  const int64_t rows = steps * B;  // the trial: the call's first steps, on copies
+  const at::Tensor source = c.buf.narrow(0, 0, rows);
+  const at::Tensor buf = source.clone(), h_out = at::empty_like(c.h_out);
+  const at::Tensor y = c.y.defined() ? c.y.narrow(0, 0, rows).clone() : at::Tensor();
+  const StepLayout lay(at::Tensor(), rows, B);
+  const LayerCall trial{buf, y, c.h_in, c.w_hh, lay, c.relu, h_out, c.backward};
+  std::vector<cuda::TuneCandidate> candidates;
+  for (const Route r : kRoutes) {
+    candidates.push_back({r == Route::Kernel ? "kernel" : r == Route::Resident ? "resident" : "gemm",
+                          [&trial, r] { return run_route(r, trial); }});
+  }
+  const std::optional<int> best = cuda::tune(key, candidates, [&] { buf.copy_(source); }, stream);
+  if (!best) return std::nullopt;
+  return kRoutes[*best];
+}
+
+void run_layer(const LayerCall& c) {
+  Route r = switch_route(c);
+  if (switches::cuda_regime() == switches::CudaRegime::Tuned) r = tuned_route(c).value_or(r);
+  if (!run_route(r, c)) run_route(Route::Kernel, c);  // Resident where its kernels do not apply
+}
+
 }  // namespace
 
 void recurrence_forward_cuda(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
                              const StepLayout& lay, bool relu, const at::Tensor& hy) {
-  if (use_gemm_recurrence(out, h0.size(1), w_hh.size(2))) {
-    const c10::cuda::CUDAGuard guard(out.device());
-    if (!cuda::gemm_steps_half_forward(out, h0, w_hh, lay, relu, hy)) {
-      recurrence_forward_gemm(out, h0, w_hh, lay, relu, hy, gemm_cuda);
-    }
-    switches::record_cuda_regime("gemm");
-    return;
-  }
-  launch_layer(out, at::Tensor(), h0, w_hh, lay, relu, hy, /*backward=*/false);
+  run_layer(LayerCall{out, at::Tensor(), h0, w_hh, lay, relu, hy, /*backward=*/false});
 }
 
 void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
                               const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0) {
-  if (use_gemm_recurrence(dpre, ghy.size(1), w_hh.size(2))) {
-    const c10::cuda::CUDAGuard guard(dpre.device());
-    if (!cuda::gemm_steps_half_backward(dpre, y, ghy, w_hh, lay, relu, dh0)) {
-      recurrence_backward_gemm(dpre, y, ghy, w_hh, lay, relu, dh0, gemm_cuda);
-    }
-    switches::record_cuda_regime("gemm");
-    return;
-  }
-  launch_layer(dpre, y, ghy, w_hh, lay, relu, dh0, /*backward=*/true);
+  run_layer(LayerCall{dpre, y, ghy, w_hh, lay, relu, dh0, /*backward=*/true});
 }
 
 namespace {
