@@ -490,6 +490,25 @@ def test_cuda_graph_capture_of_packed_forward_and_backward(regime, H, switch):
             torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("regime", ["auto", "gemm"])
+def test_packed_call_makes_no_host_synchronisation(regime, switch):
+    """torch.cuda.set_sync_debug_mode('error') raises on a synchronising CUDA call made through
+    PyTorch, a pageable host-to-device copy among them (what the step table and the backward's
+    gather index each took before): a packed forward and backward make none."""
+    switch("FUSED_RNN_CUDA_REGIME", regime)
+    _, _, fused = modules(torch.float32, 5, 40, num_layers=2, bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(9, 6, 5, device=DEV), torch.tensor([7, 3, 9, 1, 9, 4]),
+                                  enforce_sorted=False)  # packing itself copies its indices: outside
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, hn = fused(packed)
+        (out.data.sum() + hn.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(p.grad is not None for p in fused.parameters())
+
+
 def test_autocast_runs_in_float16():
     """Under autocast both modules run in float16 (nn.RNN via cuDNN) and the fused error stays within
     2x cuDNN's."""
