@@ -69,4 +69,41 @@ struct StepLayout {
   bool uniform_ = true;
 };
 
+// One step of a layer's pass over its buffers, for the per-step GEMM regimes (recurrence_gemm.cpp,
+// cuda/gemm_steps_half.cu): the step's rows, which of them take their input from the step linked to
+// it and which meet a sequence's boundary.
+//   forward: linked = the previous step of the direction's order; rows [0, linked_rows) read its
+//            h, the others begin here from h0; rows [boundary, n) end their pass here: hy.
+//   BPTT:    linked = the next step of the direction's order; rows [0, linked_rows) take its δ·W_hh,
+//            the others end their pass here and take the hy gradient; rows [boundary, n) began
+//            their pass here: dh0.
+struct PassStep {
+  int64_t d;            // direction
+  int64_t t;            // step
+  int64_t row0;         // the step's rows of the [N, D*H] buffers: [row0, row0 + n)
+  int64_t n;
+  int64_t linked_rows;
+  int64_t linked_row0;  // where the linked step's rows begin (when linked_rows > 0)
+  int64_t boundary;
+};
+
+// Calls step(PassStep) for each direction d < D and each step in the order the pass runs: the
+// direction's forward order (forward), or against it (BPTT). Steps without rows are skipped.
+template <class F>
+void for_each_pass_step(const StepLayout& lay, int64_t D, bool backward, F&& step) {
+  const StepRule rule = lay.rule();
+  for (int64_t d = 0; d < D; ++d) {
+    const bool reverse = d == 1;
+    for (int64_t s = 0; s < lay.T; ++s) {
+      const int64_t t = rule.step(s, reverse != backward);
+      const int64_t n = lay.batch[t];
+      if (n == 0) continue;
+      const int64_t linked = backward ? rule.first_ending_row(t, reverse) : rule.continued_rows(t, reverse);
+      const int64_t linked_step = backward ? rule.next_step(t, reverse) : rule.prev_step(t, reverse);
+      step(PassStep{d, t, lay.offset[t], n, linked, linked > 0 ? lay.offset[linked_step] : 0,
+                    backward ? rule.continued_rows(t, reverse) : rule.first_ending_row(t, reverse)});
+    }
+  }
+}
+
 }  // namespace fused_rnn

@@ -55,9 +55,10 @@ __global__ void forward_step_epilogue(T* __restrict__ out, int64_t ld, const flo
   if (r >= ending) hy[i] = h;
 }
 
-// δ rows [0, n) of one step and direction (row r = blockIdx.x), in place: dpre[r, j] = (g + from_next) · act'(y[r, j]),
-// g = dpre[r, j] on entry; from_next = acc[r, j] (δ of the next step · W_hh, fp32) for the rows
-// that live on (r < carried), else the hy gradient ghy[r, j]. act' from the output y: 1 - y² for
+// δ rows [0, n) of one step and direction (row r = blockIdx.x), in place:
+// dpre[r, j] = (g + from_next) · act'(y[r, j]), with g = dpre[r, j] on entry; from_next = acc[r, j]
+// (δ of the next step · W_hh, fp32) for the rows that live on (r < carried), else the hy gradient
+// ghy[r, j]. act' from the output y: 1 - y² for
 // tanh, y > 0 for relu (nn.RNN's threshold_backward: 0 at y = 0).
 //   dpre, y [n, H] row stride ld; acc [n, H] fp32 contiguous; ghy [n, H] contiguous
 template <typename T>
@@ -82,55 +83,40 @@ template <typename T>
 void forward(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh, const StepLayout& lay, bool relu,
              const at::Tensor& hy, const at::Tensor& acc, cudaStream_t stream) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2);
-  const StepRule rule = lay.rule();
-  for (int64_t d = 0; d < D; ++d) {
-    const bool reverse = d == 1;
-    const at::Tensor od = out.narrow(1, d * H, H);  // [N, H], row stride D*H
-    const at::Tensor wt = w_hh[d].t();              // [H, H]: h·W_hhᵀ
-    const at::Tensor h0d = h0[d], hyd = hy[d];      // [B, H]
-    for (int64_t s = 0; s < lay.T; ++s) {
-      const int64_t t = rule.step(s, reverse), n = lay.batch[t];
-      if (n == 0) continue;
-      const int64_t carried = rule.continued_rows(t, reverse);
-      if (carried > 0) {
-        gemm(acc.narrow(0, 0, carried), od.narrow(0, lay.offset[rule.prev_step(t, reverse)], carried), wt);
-      }
-      if (carried < n) gemm(acc.narrow(0, carried, n - carried), h0d.narrow(0, carried, n - carried), wt);
-      const EpilogueLaunch e = epilogue_launch(n, H);
-      forward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
-          od.data_ptr<T>() + lay.offset[t] * D * H, D * H, acc.const_data_ptr<float>(), hyd.data_ptr<T>(), H,
-          rule.first_ending_row(t, reverse), relu);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+  for_each_pass_step(lay, D, /*backward=*/false, [&](const PassStep& p) {
+    const at::Tensor od = out.narrow(1, p.d * H, H);  // [N, H], row stride D*H
+    const at::Tensor wt = w_hh[p.d].t();              // [H, H]: h·W_hhᵀ
+    // acc rows: the previous step's h (continued rows), else h0, times W_hhᵀ
+    if (p.linked_rows > 0) gemm(acc.narrow(0, 0, p.linked_rows), od.narrow(0, p.linked_row0, p.linked_rows), wt);
+    if (p.linked_rows < p.n) {
+      gemm(acc.narrow(0, p.linked_rows, p.n - p.linked_rows), h0[p.d].narrow(0, p.linked_rows, p.n - p.linked_rows),
+           wt);
     }
-  }
+    const EpilogueLaunch e = epilogue_launch(p.n, H);
+    forward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(od.data_ptr<T>() + p.row0 * D * H, D * H,
+                                                                acc.const_data_ptr<float>(), hy[p.d].data_ptr<T>(),
+                                                                H, p.boundary, relu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 template <typename T>
 void backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy, const at::Tensor& w_hh,
               const StepLayout& lay, bool relu, const at::Tensor& dh0, const at::Tensor& acc, cudaStream_t stream) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2);
-  const StepRule rule = lay.rule();
-  for (int64_t d = 0; d < D; ++d) {
-    const bool reverse = d == 1;
-    const at::Tensor gd = dpre.narrow(1, d * H, H), yd = y.narrow(1, d * H, H);  // [N, H]
-    const at::Tensor w = w_hh[d];                                                  // [H, H]: δ·W_hh
-    const at::Tensor ghyd = ghy[d], dh0d = dh0[d];                                 // [B, H]
-    for (int64_t s = 0; s < lay.T; ++s) {
-      const int64_t t = rule.step(s, !reverse), n = lay.batch[t];  // against the direction's forward order
-      if (n == 0) continue;
-      const int64_t carried = rule.first_ending_row(t, reverse);  // rows living on at the next step
-      if (carried > 0) {
-        gemm(acc.narrow(0, 0, carried), gd.narrow(0, lay.offset[rule.next_step(t, reverse)], carried), w);
-      }
-      const EpilogueLaunch e = epilogue_launch(n, H);
-      backward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
-          gd.data_ptr<T>() + lay.offset[t] * D * H, yd.const_data_ptr<T>() + lay.offset[t] * D * H, D * H,
-          acc.const_data_ptr<float>(), ghyd.const_data_ptr<T>(), H, carried, relu);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t b0 = rule.continued_rows(t, reverse);  // rows whose pass began here: dh0 = δ·W_hh
-      if (b0 < n) gemm(dh0d.narrow(0, b0, n - b0), gd.narrow(0, lay.offset[t] + b0, n - b0), w);
-    }
-  }
+  for_each_pass_step(lay, D, /*backward=*/true, [&](const PassStep& p) {
+    const at::Tensor gd = dpre.narrow(1, p.d * H, H), yd = y.narrow(1, p.d * H, H);  // [N, H]
+    const at::Tensor w = w_hh[p.d];                                                    // [H, H]: δ·W_hh
+    // acc rows: the next step's δ times W_hh, for the rows that live on
+    if (p.linked_rows > 0) gemm(acc.narrow(0, 0, p.linked_rows), gd.narrow(0, p.linked_row0, p.linked_rows), w);
+    const EpilogueLaunch e = epilogue_launch(p.n, H);
+    backward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
+        gd.data_ptr<T>() + p.row0 * D * H, yd.const_data_ptr<T>() + p.row0 * D * H, D * H,
+        acc.const_data_ptr<float>(), ghy[p.d].const_data_ptr<T>(), H, p.linked_rows, relu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t beginning = p.n - p.boundary;  // rows [boundary, n) began their pass here: dh0 = δ·W_hh
+    if (beginning > 0) gemm(dh0[p.d].narrow(0, p.boundary, beginning), gd.narrow(0, p.row0 + p.boundary, beginning), w);
+  });
 }
 
 bool half_type(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }

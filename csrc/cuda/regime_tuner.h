@@ -48,8 +48,9 @@ std::optional<int> tuned_choice(const TuneKey& key);
 
 // Times each candidate on stream (after restore(), a warm-up run, then restore() and one run
 // between two events) and remembers and returns the index of the fastest; nullopt, remembering
-// nothing, where none applies. Each tuning adds a line to switches::tuning_log(). Synchronises the stream: the caller makes sure it is not capturing.
-// A candidate that throws is left out (its error named in the log).
+// nothing, where none applies. Each tuning adds a line to switches::tuning_log(). Synchronises the
+// stream: the caller makes sure it is not capturing. A candidate that throws is left out (its error
+// named in the log).
 std::optional<int> tune(const TuneKey& key, const std::vector<TuneCandidate>& candidates,
                         const std::function<void()>& restore, cudaStream_t stream);
 

@@ -33,7 +33,8 @@ __global__ void store_chunk(const Chunk chunk, int n, int64_t* __restrict__ dst)
 at::Tensor upload_by_value(const std::vector<int64_t>& values, at::Device device) {
   TORCH_CHECK(device.is_cuda(), "fused_rnn: upload_by_value needs a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
-  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, options);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   int64_t* dst = out.data_ptr<int64_t>();
   const int64_t total = static_cast<int64_t>(values.size());
