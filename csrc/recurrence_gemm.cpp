@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+
 #include "matmul.h"
 
 namespace fused_rnn {
@@ -16,11 +18,16 @@ void recurrence_forward_gemm(const at::Tensor& out, const at::Tensor& h0, const 
                              const StepLayout& lay, bool relu, const at::Tensor& hy, GemmFn gemm) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h0.size(1), N = out.size(0);
   if (B == 0 || H == 0 || N == 0) return;
+  std::array<at::Tensor, 2> outs, wts, h0s, hys;  // per direction, made once, not per step
+  for (int64_t d = 0; d < D; ++d) {
+    outs[d] = out.narrow(1, d * H, H);  // [N, H], row stride D*H
+    wts[d] = w_hh[d].t();               // [H, H]: h·W_hhᵀ
+    h0s[d] = h0[d];                     // [B, H]
+    hys[d] = hy[d];                     // [B, H]
+  }
   for_each_pass_step(lay, D, /*backward=*/false, [&](const PassStep& p) {
-    const at::Tensor od = out.narrow(1, p.d * H, H);  // [N, H], row stride D*H
-    const at::Tensor wt = w_hh[p.d].t();              // [H, H]: h·W_hhᵀ
-    const at::Tensor h0d = h0[p.d], hyd = hy[p.d];    // [B, H]
-    at::Tensor cur = od.narrow(0, p.row0, p.n);       // [n, H]: pre_t on entry
+    const at::Tensor &od = outs[p.d], &wt = wts[p.d], &h0d = h0s[p.d], &hyd = hys[p.d];
+    at::Tensor cur = od.narrow(0, p.row0, p.n);  // [n, H]: pre_t on entry
     // Continued rows add the previous step's state; the others begin here, from h0.
     if (p.linked_rows > 0) {
       const at::Tensor rows = cur.narrow(0, 0, p.linked_rows);
@@ -45,10 +52,16 @@ void recurrence_backward_gemm(const at::Tensor& dpre, const at::Tensor& y, const
                               GemmFn gemm) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = ghy.size(1), N = dpre.size(0);
   if (B == 0 || H == 0 || N == 0) return;
+  std::array<at::Tensor, 2> gs, ys, ws, ghys, dh0s;  // per direction, made once, not per step
+  for (int64_t d = 0; d < D; ++d) {
+    gs[d] = dpre.narrow(1, d * H, H);  // [N, H], row stride D*H
+    ys[d] = y.narrow(1, d * H, H);     // [N, H]
+    ws[d] = w_hh[d];                   // [H, H]: δ·W_hh
+    ghys[d] = ghy[d];                  // [B, H]
+    dh0s[d] = dh0[d];                  // [B, H]
+  }
   for_each_pass_step(lay, D, /*backward=*/true, [&](const PassStep& p) {
-    const at::Tensor gd = dpre.narrow(1, p.d * H, H), yd = y.narrow(1, p.d * H, H);  // [N, H]
-    const at::Tensor w = w_hh[p.d];                                                    // [H, H]: δ·W_hh
-    const at::Tensor ghyd = ghy[p.d], dh0d = dh0[p.d];                                 // [B, H]
+    const at::Tensor &gd = gs[p.d], &yd = ys[p.d], &w = ws[p.d], &ghyd = ghys[p.d], &dh0d = dh0s[p.d];
     at::Tensor cur = gd.narrow(0, p.row0, p.n);  // [n, H]: g_t on entry, δ_t on exit
     // Rows that live on at the next step of the forward order get δ_next·W_hh; the rest end their
     // pass here and get the hy gradient.

@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
 
 #include "cuda/activation.cuh"
 #include "cuda/cublas_gemm.h"
@@ -83,19 +84,25 @@ template <typename T>
 void forward(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh, const StepLayout& lay, bool relu,
              const at::Tensor& hy, const at::Tensor& acc, cudaStream_t stream) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2);
+  std::array<at::Tensor, 2> outs, wts, h0s;  // per direction, made once, not per step
+  std::array<T*, 2> hys{};
+  for (int64_t d = 0; d < D; ++d) {
+    outs[d] = out.narrow(1, d * H, H);  // [N, H], row stride D*H
+    wts[d] = w_hh[d].t();               // [H, H]: h·W_hhᵀ
+    h0s[d] = h0[d];                     // [B, H]
+    hys[d] = hy[d].data_ptr<T>();       // [B, H]
+  }
   for_each_pass_step(lay, D, /*backward=*/false, [&](const PassStep& p) {
-    const at::Tensor od = out.narrow(1, p.d * H, H);  // [N, H], row stride D*H
-    const at::Tensor wt = w_hh[p.d].t();              // [H, H]: h·W_hhᵀ
+    const at::Tensor &od = outs[p.d], &wt = wts[p.d];
     // acc rows: the previous step's h (continued rows), else h0, times W_hhᵀ
     if (p.linked_rows > 0) gemm(acc.narrow(0, 0, p.linked_rows), od.narrow(0, p.linked_row0, p.linked_rows), wt);
     if (p.linked_rows < p.n) {
-      gemm(acc.narrow(0, p.linked_rows, p.n - p.linked_rows), h0[p.d].narrow(0, p.linked_rows, p.n - p.linked_rows),
+      gemm(acc.narrow(0, p.linked_rows, p.n - p.linked_rows), h0s[p.d].narrow(0, p.linked_rows, p.n - p.linked_rows),
            wt);
     }
     const EpilogueLaunch e = epilogue_launch(p.n, H);
-    forward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(od.data_ptr<T>() + p.row0 * D * H, D * H,
-                                                                acc.const_data_ptr<float>(), hy[p.d].data_ptr<T>(),
-                                                                H, p.boundary, relu);
+    forward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
+        od.data_ptr<T>() + p.row0 * D * H, D * H, acc.const_data_ptr<float>(), hys[p.d], H, p.boundary, relu);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -104,18 +111,26 @@ template <typename T>
 void backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy, const at::Tensor& w_hh,
               const StepLayout& lay, bool relu, const at::Tensor& dh0, const at::Tensor& acc, cudaStream_t stream) {
   const int64_t D = w_hh.size(0), H = w_hh.size(2);
+  std::array<at::Tensor, 2> gs, ws, dh0s;  // per direction, made once, not per step
+  std::array<const T*, 2> ys{}, ghys{};
+  for (int64_t d = 0; d < D; ++d) {
+    gs[d] = dpre.narrow(1, d * H, H);                   // [N, H], row stride D*H
+    ys[d] = y.narrow(1, d * H, H).const_data_ptr<T>();  // [N, H], row stride D*H
+    ws[d] = w_hh[d];                                    // [H, H]: δ·W_hh
+    ghys[d] = ghy[d].const_data_ptr<T>();               // [B, H]
+    dh0s[d] = dh0[d];                                   // [B, H]
+  }
   for_each_pass_step(lay, D, /*backward=*/true, [&](const PassStep& p) {
-    const at::Tensor gd = dpre.narrow(1, p.d * H, H), yd = y.narrow(1, p.d * H, H);  // [N, H]
-    const at::Tensor w = w_hh[p.d];                                                    // [H, H]: δ·W_hh
+    const at::Tensor &gd = gs[p.d], &w = ws[p.d];
     // acc rows: the next step's δ times W_hh, for the rows that live on
     if (p.linked_rows > 0) gemm(acc.narrow(0, 0, p.linked_rows), gd.narrow(0, p.linked_row0, p.linked_rows), w);
     const EpilogueLaunch e = epilogue_launch(p.n, H);
     backward_step_epilogue<T><<<e.grid, e.threads, 0, stream>>>(
-        gd.data_ptr<T>() + p.row0 * D * H, yd.const_data_ptr<T>() + p.row0 * D * H, D * H,
-        acc.const_data_ptr<float>(), ghy[p.d].const_data_ptr<T>(), H, p.linked_rows, relu);
+        gd.data_ptr<T>() + p.row0 * D * H, ys[p.d] + p.row0 * D * H, D * H, acc.const_data_ptr<float>(), ghys[p.d], H,
+        p.linked_rows, relu);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t beginning = p.n - p.boundary;  // rows [boundary, n) began their pass here: dh0 = δ·W_hh
-    if (beginning > 0) gemm(dh0[p.d].narrow(0, p.boundary, beginning), gd.narrow(0, p.row0 + p.boundary, beginning), w);
+    if (beginning > 0) gemm(dh0s[p.d].narrow(0, p.boundary, beginning), gd.narrow(0, p.row0 + p.boundary, beginning), w);
   });
 }
 
