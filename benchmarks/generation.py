@@ -5,7 +5,12 @@ against fused_rnn.RNN, eager and with the whole loop captured in one CUDA graph,
 on, interleaved in one process on one GPU.
 
     python benchmarks/generation.py [--steps 256] [--hidden 256] [--batch 1] [--reps 20]
-        [--cuda-regime auto|resident|...] [--out FILE.md]
+        [--seq-len 1] [--dtype float32|float16|bfloat16] [--cuda-regime auto|resident|...] [--out FILE.md]
+
+With --seq-len T each call runs T steps (the output fed back is then [T, B, H]): a few long calls,
+eager against graph-captured, tell how much of a regime's time per step is host work (launches,
+library calls) that a CUDA graph of the call's own step loop would remove, e.g. the per-step GEMM
+regime: --steps 4 --seq-len 128 --batch 64 --hidden 2048 --dtype float16 --cuda-regime gemm.
 
 Prints a Markdown table: µs per generated step (median over reps), the speedup of fused over
 nn.RNN, and the largest relative difference of the final hidden state between the two.
@@ -62,6 +67,8 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--seq-len", type=int, default=1, help="steps per call (T)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--cuda-regime", default="auto", help="FUSED_RNN_CUDA_REGIME for the fused module")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
@@ -69,12 +76,14 @@ def main(argv=None):
         sys.exit("needs a GPU and a CUDA build of fused_rnn")
     fused_rnn._C.set_switch("FUSED_RNN_CUDA_REGIME", args.cuda_regime)
     torch.manual_seed(0)
-    H, B, steps = args.hidden, args.batch, args.steps
-    base = nn.RNN(H, H, device="cuda")
+    H, B, T, steps = args.hidden, args.batch, args.seq_len, args.steps
+    dtype = getattr(torch, args.dtype)
+    base = nn.RNN(H, H, device="cuda", dtype=dtype)
     fused = fused_rnn.RNN.from_torch(base)
-    x0 = torch.randn(1, B, H, device="cuda")
-    h0 = torch.randn(1, B, H, device="cuda")
-    lines = [f"# Generation row: {steps} calls of T = 1, B = {B}, I = H = {H}, float32, "
+    x0 = torch.randn(T, B, H, device="cuda", dtype=dtype)
+    h0 = torch.randn(1, B, H, device="cuda", dtype=dtype)
+    steps_total = steps * T
+    lines = [f"# Generation row: {steps} calls of T = {T}, B = {B}, I = H = {H}, {args.dtype}, "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
              f"fused regime forced: {args.cuda_regime}", "",
              "| TF32 | mode | nn.RNN µs/step | fused µs/step | fused regime | speedup | max rel diff of final h |",
@@ -82,7 +91,7 @@ def main(argv=None):
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         with torch.no_grad():
-            for tf32 in (False, True):
+            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
                 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
                 h_base = generate(base, x0, h0, steps)
                 h_fused = generate(fused, x0, h0, steps)
@@ -100,10 +109,10 @@ def main(argv=None):
                     for _ in range(3):  # interleaved rounds
                         for name, fn in fns.items():
                             ms[name].append(timed(fn, args.reps))
-                    us = {n: statistics.median(v) * 1e3 / steps for n, v in ms.items()}
+                    us = {n: statistics.median(v) * 1e3 / steps_total for n, v in ms.items()}
                     cell = {n: failed.get(n) or f"{us[n]:.2f}" for n in ("base", "fused")}
                     speedup = f"{us['base'] / us['fused']:.2f}×" if len(us) == 2 else "—"
-                    lines.append(f"| {'on' if tf32 else 'off'} | {mode} | {cell['base']} | {cell['fused']} | {regime} | "
+                    lines.append(f"| {('on' if tf32 else 'off') if dtype == torch.float32 else 'n/a'} | {mode} | {cell['base']} | {cell['fused']} | {regime} | "
                                  f"{speedup} | {diff:.1e} |")
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev

@@ -156,6 +156,12 @@ for run in "auto 256" "tuned 256" "resident 128"; do
     "$PY" benchmarks/generation.py --cuda-regime "$1" --hidden "$2" --out "$WORK/generation_$1_h$2.md"
 done
 
+#     the per-step GEMM regime for float16 (opt-in), a few long calls eager against graph-captured:
+#     the share of its time per step that is host work (a CUDA graph of its own step loop would remove it)
+stage "graph_vs_eager_half_gemm" 60 "benchmarks/generation.py --seq-len 128 --dtype float16 --cuda-regime gemm" \
+  "$PY" benchmarks/generation.py --steps 4 --seq-len 128 --batch 64 --hidden 2048 --dtype float16 \
+  --cuda-regime gemm --reps 10 --out "$WORK/generation_graph_vs_eager_half_gemm.md"
+
 # 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
 SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
 for tool in memcheck racecheck; do
