@@ -15,6 +15,7 @@
 
 #include "column_major_gemm.h"
 #include "cuda/cublas_gemm.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm_steps_half.h"
 #include "cuda/recurrence_cuda.h"
 #include "cuda/recurrence_kernel.cuh"

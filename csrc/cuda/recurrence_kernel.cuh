@@ -28,13 +28,13 @@
 #include <cuda_runtime.h>
 
 #include "cuda/activation.cuh"
+#include "cuda/device_info.h"
 #include "cuda/rec_params.h"
 #include "switches.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <type_traits>
 
 namespace fused_rnn {
@@ -307,30 +307,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecPar
 }
 
 // ---- host side -----------------------------------------------------------------------------------
-
-struct DeviceInfo {
-  int sms = 0, smem_optin = 0, coop = 0, major = 0;  // major: compute capability (9: clusters)
-};
-
-// The current device's attributes, queried once per device and process (they never change), not
-// on every launch.
-inline DeviceInfo device_info() {
-  constexpr int kMaxDevices = 64;
-  static DeviceInfo known[kMaxDevices];
-  static std::once_flag queried[kMaxDevices];
-  int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  TORCH_INTERNAL_ASSERT(dev >= 0 && dev < kMaxDevices, "fused_rnn: device index ", dev, " out of range");
-  std::call_once(queried[dev], [dev] {
-    DeviceInfo info;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.coop, cudaDevAttrCooperativeLaunch, dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, dev));
-    known[dev] = info;
-  });
-  return known[dev];
-}
 
 // Threads per CTA: about 8 k-values per thread and unit, at most kMaxThreads, and never fewer
 // threads than units (J <= kMaxThreads is guaranteed by the planner).
