@@ -1,5 +1,6 @@
 // CUDA recurrence entry points (recurrence.h contract) and the CUDA registration of the ops.
-// The kernels and the regime choice live in recurrence_kernel.cuh; this file fills the params
+// The persistent kernel lives in recurrence_kernel.cuh and its launch planner in
+// recurrence_launch.cuh; this file picks the route of each layer (run_layer), fills the params
 // struct once per call, dispatches on dtype and instantiates the float/double launchers.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -18,7 +19,7 @@
 #include "cuda/device_info.h"
 #include "cuda/gemm_steps_half.h"
 #include "cuda/recurrence_cuda.h"
-#include "cuda/recurrence_kernel.cuh"
+#include "cuda/recurrence_launch.cuh"
 #include "cuda/regime_tuner.h"
 #include "cuda/resident_layout.h"
 #include "cuda/upload_by_value.h"
@@ -118,7 +119,7 @@ struct LayerCall {
   bool backward;
 };
 
-// The ways to run a layer: the persistent kernels (recurrence_kernel.cuh picks single, grid or
+// The ways to run a layer: the persistent kernels (recurrence_launch.cuh picks single, grid or
 // step), the SM-resident kernels, or one GEMM and one pointwise pass per step.
 enum class Route { Kernel, Resident, Gemm };
 

@@ -16,7 +16,7 @@ void recurrence_backward_cuda(const at::Tensor& dpre, const at::Tensor& y, const
 
 namespace cuda {
 struct RecParams;
-// Defined in recurrence_kernel.cuh; instantiated for float/double in recurrence_cuda.cu and for
+// Defined in recurrence_launch.cuh; instantiated for float/double in recurrence_cuda.cu and for
 // Half/BFloat16 in recurrence_cuda_half.cu (two translation units that compile in parallel).
 template <typename T>
 void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t stream);

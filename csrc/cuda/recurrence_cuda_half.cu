@@ -1,6 +1,6 @@
 // float16 / bfloat16 instantiations of the recurrence kernels (fp32 accumulation and fp32 state on
 // chip); a translation unit of its own so that it compiles in parallel with recurrence_cuda.cu.
-#include "cuda/recurrence_kernel.cuh"
+#include "cuda/recurrence_launch.cuh"
 
 namespace fused_rnn {
 namespace cuda {
