@@ -13,6 +13,9 @@
 //   Step    always correct fallback (any H, or no cooperative launch): the same body, one launch
 //           per step, W_hh read from global memory (L2) and h staged in k-tiles.
 //
+// The direction is a template parameter: recurrence_kernel<T, BT, M, false> is the forward,
+// <T, BT, M, true> the BPTT; a body has no run-time branch on it.
+//
 // Per step and batch tile of BT rows, each CTA computes m[b, j] = Σ_k M[j, k]·v[b, k] for its units
 // j, with M = W_hh (forward, v = h_{t-1}) or W_hhᵀ (BPTT, v = δ of the previous processed step).
 // Thread (ks, j) owns unit j and the k-range ks of KS splits; the KS partial sums are added in a
@@ -85,213 +88,330 @@ size_t smem_bytes(Mode m, int64_t H, int64_t J, int64_t KT, int BT, int threads)
   return w + align16(size_t(KT) * BT * sizeof(acc_t)) + size_t(threads) * BT * sizeof(acc_t);
 }
 
+// What one CTA works on for all its steps: direction d, units j0 .. j0 + J - 1; thread
+// tid = my_ks·J + my_j owns unit my_j and the k-split my_ks of KS (threads with my_ks >= KS only
+// stage and store); its shared memory and its direction's slices of the global buffers.
+template <typename T, int BT>
+struct Cta {
+  using acc_t = acc_type<T>;
+  int H, d, j0, J, nt, KS, tid, my_j, my_ks, KT;
+  int kb_full, ke_full;  // this thread's k-range of a full k-tile (32-bit: my_ks·KT < 2^31 for every regime)
+  int64_t B, ld;         // ld = D·H: the row stride of buf and y
+  T* ws;                 // Single/Grid: M staged, ws[k*J + j] = M[j, k]          [H][J]
+  acc_t* vs;             // v staged per k-tile (Single: the state itself)        [KT][BT]
+  acc_t* part;           // the mat-vec's KS partial sums                          [KS][BT][J]
+  T* buf;                // out (forward) or dpre (BPTT)                           [N, D*H]
+  const T* yv;           // BPTT: the forward output                               [N, D*H]
+  const T* hin;          // h0 (forward) or ghy (BPTT) of direction d              [B, H]
+  T* hout;               // hy (forward) or dh0 (BPTT) of direction d              [B, H]
+  const T* wg;           // W_hh of direction d                                     [H, H]
+  acc_t* xbuf;           // Grid/Step: the state double buffer                     [2][D][B][H]
+  acc_t* last;           // Grid/Step BPTT: each row's last processed δ, direction d [B, H]
+};
+
 template <typename T, int BT, Mode M>
+__device__ __forceinline__ Cta<T, BT> make_cta(const RecParams& p, const Launch& L, unsigned char* smem) {
+  using acc_t = acc_type<T>;
+  Cta<T, BT> c;
+  c.B = p.B;
+  c.ld = p.D * p.H;
+  c.H = static_cast<int>(p.H);
+  c.d = L.d0 + static_cast<int>(blockIdx.y);
+  c.j0 = (static_cast<int>(blockIdx.x) % L.C) * L.J;
+  c.J = min(L.J, c.H - c.j0);
+  c.nt = static_cast<int>(blockDim.x);
+  c.KS = c.nt / c.J;
+  c.tid = static_cast<int>(threadIdx.x);
+  c.my_j = c.tid % c.J;
+  c.my_ks = c.tid / c.J;
+  c.KT = L.KT;
+  c.kb_full = c.my_ks * c.KT / c.KS;
+  c.ke_full = (c.my_ks + 1) * c.KT / c.KS;
+
+  c.ws = reinterpret_cast<T*>(smem);
+  const size_t w_bytes = M == Mode::Step ? 0 : align16(size_t(c.H) * c.J * sizeof(T));
+  c.vs = reinterpret_cast<acc_t*>(smem + w_bytes);
+  c.part = c.vs + align16(size_t(c.KT) * BT * sizeof(acc_t)) / sizeof(acc_t);
+
+  c.buf = static_cast<T*>(p.buf);
+  c.yv = static_cast<const T*>(p.y);
+  c.hin = static_cast<const T*>(p.h_in) + c.d * c.B * c.H;
+  c.hout = static_cast<T*>(p.h_out) + c.d * c.B * c.H;
+  c.wg = static_cast<const T*>(p.w) + int64_t(c.d) * c.H * c.H;
+  c.xbuf = static_cast<acc_t*>(p.scratch);
+  c.last = c.xbuf == nullptr ? nullptr : c.xbuf + (2 * p.D + c.d) * c.B * c.H;
+  return c;
+}
+
+// Rows alive at step t of the (possibly packed) batch, and where step t's rows start in buf's N.
+__device__ __forceinline__ int64_t batch_at(const RecParams& p, int64_t t) {
+  return p.steps ? p.steps[t] : (t < p.T ? p.B : 0);
+}
+__device__ __forceinline__ int64_t offset_at(const RecParams& p, int64_t t) {
+  return p.steps ? p.steps[p.T + 1 + t] : t * p.B;
+}
+
+// Grid/Step: the state [B, H] of direction d written at processed step s (read at step s + 1).
+template <typename T, int BT>
+__device__ __forceinline__ acc_type<T>* state_slot(const Cta<T, BT>& c, const RecParams& p, int64_t s) {
+  return c.xbuf + ((s & 1) * p.D + c.d) * c.B * c.H;
+}
+
+// Which rows of processed step s (time t) carry state. A row reads the state of the previous
+// processed step if it was alive there; otherwise it starts here (forward: from h0; BPTT: from the
+// hy gradient). It ends here when it is not alive at the next processed step (nnext rows at t + 1).
+struct StepRows {
+  bool asc;
+  int64_t s, t, nnext;
+  __device__ __forceinline__ bool reads_state(int64_t row) const { return asc ? s > 0 : row < nnext; }
+  __device__ __forceinline__ bool is_final(int64_t row) const { return asc ? row >= nnext : t == 0; }
+};
+
+// ---- the mat-vec ---------------------------------------------------------------------------------
+
+// Stage this CTA's M[j, k] [J, H] as ws[k*J + j] (conflict-free reads: lanes take consecutive j).
+template <typename T, int BT, bool Backward>
+__device__ __forceinline__ void stage_weights(const Cta<T, BT>& c) {
+  const int64_t n = int64_t(c.J) * c.H;
+  if constexpr (!Backward) {  // M[j, k] = W[j0 + j, k]: read rows of W (k fastest, coalesced)
+    for (int64_t i = c.tid; i < n; i += c.nt) {
+      const int j = static_cast<int>(i / c.H), k = static_cast<int>(i % c.H);
+      c.ws[k * c.J + j] = c.wg[int64_t(c.j0 + j) * c.H + k];
+    }
+  } else {  // M[j, k] = W[k, j0 + j]
+    for (int64_t i = c.tid; i < n; i += c.nt) {
+      const int k = static_cast<int>(i / c.J), j = static_cast<int>(i % c.J);
+      c.ws[k * c.J + j] = c.wg[int64_t(k) * c.H + c.j0 + j];
+    }
+  }
+}
+
+// M[my_j, k] of this thread's unit, M = W_hh (forward) or W_hhᵀ (BPTT): from ws (Single/Grid) or
+// from W_hh in global memory (Step).
+template <typename T, int BT, Mode M, bool Backward>
+__device__ __forceinline__ acc_type<T> weight(const Cta<T, BT>& c, int k) {
+  using acc_t = acc_type<T>;
+  if constexpr (M != Mode::Step) {
+    return static_cast<acc_t>(c.ws[k * c.J + c.my_j]);
+  } else if constexpr (Backward) {
+    return static_cast<acc_t>(c.wg[int64_t(k) * c.H + c.j0 + c.my_j]);
+  } else {
+    return static_cast<acc_t>(c.wg[int64_t(c.j0 + c.my_j) * c.H + k]);
+  }
+}
+
+// One batch tile's mat-vec, before the reduction: part[ks][b][j] = Σ_{k in split ks} M[j, k]·v[b, k]
+// for the CTA's units j, v [BT, H]. load_v(b, k) supplies v (Grid/Step: staged into vs per k-tile
+// of KT; Single: v is already the state in vs [H][BT] and the caller has synchronised). Ends with a
+// __syncthreads so the partials are visible to reduce_partials.
+template <typename T, int BT, Mode M, bool Backward, typename LoadV>
+__device__ __forceinline__ void matvec(const Cta<T, BT>& c, LoadV&& load_v) {
+  using acc_t = acc_type<T>;
+  acc_t a[BT];
+#pragma unroll
+  for (int b = 0; b < BT; ++b) a[b] = acc_t(0);
+  for (int k0 = 0; k0 < c.H; k0 += c.KT) {
+    const int kt = min(c.KT, c.H - k0);
+    if constexpr (M != Mode::Single) {
+      for (int i = c.tid; i < kt * BT; i += c.nt) {
+        const int b = i / kt, kk = i % kt;
+        c.vs[kk * BT + b] = load_v(b, k0 + kk);
+      }
+      __syncthreads();
+    }
+    if (c.my_ks < c.KS) {
+      // This thread's k-range of the tile; full tiles use the split computed once per launch.
+      const int kb = k0 + (kt == c.KT ? c.kb_full : c.my_ks * kt / c.KS);
+      const int ke = k0 + (kt == c.KT ? c.ke_full : (c.my_ks + 1) * kt / c.KS);
+#pragma unroll 4
+      for (int k = kb; k < ke; ++k) {
+        const acc_t w = weight<T, BT, M, Backward>(c, k);
+        acc_t v[BT];
+        load_row<BT>(c.vs + (k - k0) * BT, v);
+#pragma unroll
+        for (int b = 0; b < BT; ++b) a[b] = fma(w, v[b], a[b]);
+      }
+    }
+    if constexpr (M != Mode::Single) {
+      if (k0 + c.KT < c.H) __syncthreads();  // before the next tile overwrites vs
+    }
+  }
+  if (c.my_ks < c.KS) {
+#pragma unroll
+    for (int b = 0; b < BT; ++b) c.part[(c.my_ks * BT + b) * c.J + c.my_j] = a[b];
+  }
+  __syncthreads();
+}
+
+// m[b, j] = Σ_ks part[ks][b][j], added in a fixed order (deterministic, no atomics).
+template <typename T, int BT>
+__device__ __forceinline__ acc_type<T> reduce_partials(const Cta<T, BT>& c, int b, int j) {
+  acc_type<T> m = c.part[b * c.J + j];
+  for (int ks = 1; ks < c.KS; ++ks) m += c.part[(ks * BT + b) * c.J + j];
+  return m;
+}
+
+// ---- the epilogues: item (b, j) of a batch tile, row = c0 + b of the batch, unit jg = j0 + j ----
+
+// Forward: h_t[row, jg] = act(pre_t[row, jg] + m), m = (h_prev·W_hhᵀ)[row, jg] with h_prev the state
+// of the previous processed step or h0; also hy[row, jg] where the row ends at this step. Returns h_t.
+template <typename T, int BT>
+__device__ __forceinline__ acc_type<T> forward_epilogue(const Cta<T, BT>& c, const StepRows& rows, bool relu,
+                                                        int64_t row, int jg, acc_type<T> pre, acc_type<T> m) {
+  const acc_type<T> v = act(pre + m, relu);
+  if (rows.is_final(row)) c.hout[row * c.H + jg] = static_cast<T>(v);
+  return v;
+}
+
+// BPTT: δ_t[row, jg] = g·act'(y), with g = g_t[row, jg] plus m = (δ_prev·W_hh)[row, jg] (δ of the
+// previous processed step) where the row reads state, else plus ghy[row, jg] (its gradient starts
+// here); act' from the forward output y
+// (relu: 0 where y <= 0; tanh: 1 - y²). Grid/Step keep the row's final δ in last [B, H] for the dh0 pass.
+// Returns δ_t.
+template <typename T, int BT, Mode M>
+__device__ __forceinline__ acc_type<T> bptt_epilogue(const Cta<T, BT>& c, const StepRows& rows, bool relu, int64_t row,
+                                                     int jg, acc_type<T> g_in, acc_type<T> y, acc_type<T> m) {
+  using acc_t = acc_type<T>;
+  const acc_t g = g_in + (rows.reads_state(row) ? m : static_cast<acc_t>(c.hin[row * c.H + jg]));
+  const acc_t v = relu ? (y <= acc_t(0) ? acc_t(0) : g) : g * (acc_t(1) - y * y);
+  if (M != Mode::Single && rows.is_final(row)) c.last[row * c.H + jg] = v;
+  return v;
+}
+
+// buf[N, D*H] index of item i = b·J + j of the tile whose first row is c0, at step offset off.
+template <typename T, int BT>
+__device__ __forceinline__ int64_t item_index(const Cta<T, BT>& c, int64_t off, int64_t c0, int i) {
+  return (off + c0 + i / c.J) * c.ld + int64_t(c.d) * c.H + c.j0 + i % c.J;
+}
+
+// Item i of a tile: in = pre_t (forward) or g_t (BPTT) at buf[idx], y = h_t (BPTT only). Writes the
+// result over buf[idx] and as the state of the next processed step (Single: vs [H][BT] on chip;
+// Grid/Step: cur [B, H] in the scratch buffer).
+template <typename T, int BT, Mode M, bool Backward>
+__device__ __forceinline__ void epilogue(const Cta<T, BT>& c, const StepRows& rows, bool relu, int64_t off,
+                                         int64_t c0, acc_type<T>* cur, int i, acc_type<T> in, acc_type<T> y) {
+  using acc_t = acc_type<T>;
+  const int b = i / c.J, j = i % c.J, jg = c.j0 + j;
+  const int64_t row = c0 + b;
+  const acc_t m = reduce_partials(c, b, j);
+  acc_t v;
+  if constexpr (!Backward) {
+    v = forward_epilogue(c, rows, relu, row, jg, in, m);
+  } else {
+    v = bptt_epilogue<T, BT, M>(c, rows, relu, row, jg, in, y, m);
+  }
+  c.buf[item_index(c, off, c0, i)] = static_cast<T>(v);
+  if constexpr (M == Mode::Single) {
+    c.vs[jg * BT + b] = v;  // safe: every read of vs in this step happened before matvec's last sync
+  } else {
+    cur[row * c.H + jg] = v;
+  }
+}
+
+// ---- BPTT's final pass -----------------------------------------------------------------------------
+
+// Processed step s == T: dh0[b, j] = (δ_first·W_hh)[b, j] [B, H] for the CTA's units, δ_first = each
+// row's last processed δ (Single: still the state in vs; Grid/Step: last [B, H]).
+template <typename T, int BT, Mode M>
+__device__ __forceinline__ void dh0_pass(const Cta<T, BT>& c, const Launch& L, int bg, int64_t nchunks) {
+  using acc_t = acc_type<T>;
+  for (int64_t ci = bg; ci < nchunks; ci += L.NBG) {
+    const int64_t c0 = ci * BT;
+    const int nb = static_cast<int>(min64(BT, c.B - c0));
+    if constexpr (M == Mode::Single) {
+      __syncthreads();  // the last step's epilogue wrote vs
+      matvec<T, BT, M, true>(c, [](int, int) { return acc_t(0); });
+    } else {
+      matvec<T, BT, M, true>(c, [&](int b, int k) { return b < nb ? __ldcg(c.last + (c0 + b) * c.H + k) : acc_t(0); });
+    }
+    for (int i = c.tid; i < nb * c.J; i += c.nt) {
+      const int b = i / c.J, j = i % c.J;
+      c.hout[(c0 + b) * c.H + c.j0 + j] = static_cast<T>(reduce_partials(c, b, j));
+    }
+  }
+}
+
+// ---- the kernel --------------------------------------------------------------------------------------
+
+// Processing steps s in [L.s0, L.s1) of direction d for the batch tiles g, g + NBG, ... of this CTA's
+// batch group; s == T (BPTT only) is the dh0 pass.
+template <typename T, int BT, Mode M, bool Backward>
 __global__ void __launch_bounds__(kMaxThreads, 1) recurrence_kernel(const RecParams p, const Launch L) {
   using acc_t = acc_type<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-
-  const int64_t T_ = p.T, B = p.B, ld = p.D * p.H;
-  const int H = static_cast<int>(p.H);
-  const int d = L.d0 + static_cast<int>(blockIdx.y);
+  const Cta<T, BT> c = make_cta<T, BT, M>(p, L, smem);
+  const int64_t T_ = p.T;
   // Processing order: the forward runs direction 0 ascending and direction 1 descending in t;
   // BPTT the opposite.
-  const bool asc = (d == 1) == p.backward;
-  const int cu = static_cast<int>(blockIdx.x) % L.C, bg = static_cast<int>(blockIdx.x) / L.C;
-  const int j0 = cu * L.J;
-  const int J = min(L.J, H - j0);
-  const int nt = static_cast<int>(blockDim.x);
-  const int KS = nt / J;
-  const int tid = static_cast<int>(threadIdx.x), my_j = tid % J, my_ks = tid / J;
-  const int KT = L.KT;
-  const int64_t nchunks = ceil_div(B, BT);
+  const bool asc = (c.d == 1) == Backward;
+  const int bg = static_cast<int>(blockIdx.x) / L.C;
+  const int64_t nchunks = ceil_div(c.B, BT);
 
-  T* ws = reinterpret_cast<T*>(smem);
-  const size_t w_bytes = M == Mode::Step ? 0 : align16(size_t(H) * J * sizeof(T));
-  acc_t* vs = reinterpret_cast<acc_t*>(smem + w_bytes);  // staged v (Single: the state itself), [k][BT]
-  acc_t* part = vs + align16(size_t(KT) * BT * sizeof(acc_t)) / sizeof(acc_t);  // [KS][BT][J]
-
-  T* buf = static_cast<T*>(p.buf);
-  const T* yv = static_cast<const T*>(p.y);
-  const T* hin = static_cast<const T*>(p.h_in) + d * B * H;
-  T* hout = static_cast<T*>(p.h_out) + d * B * H;
-  const T* wg = static_cast<const T*>(p.w) + int64_t(d) * H * H;
-  acc_t* xbuf = static_cast<acc_t*>(p.scratch);
-  auto xslot = [&](int64_t s) { return xbuf + ((s & 1) * p.D + d) * B * H; };
-  acc_t* last = xbuf == nullptr ? nullptr : xbuf + (2 * p.D + d) * B * H;
-
-  auto batch_at = [&](int64_t t) -> int64_t { return p.steps ? p.steps[t] : (t < T_ ? B : 0); };
-  auto offset_at = [&](int64_t t) -> int64_t { return p.steps ? p.steps[T_ + 1 + t] : t * B; };
-
-  // Stage this CTA's M[j, k] as ws[k*J + j] (conflict-free reads: lanes take consecutive j).
-  if constexpr (M != Mode::Step) {
-    const int64_t n = int64_t(J) * H;
-    if (!p.backward) {  // M[j, k] = W[j0 + j, k]: read rows of W (k fastest, coalesced)
-      for (int64_t i = tid; i < n; i += nt) {
-        const int j = static_cast<int>(i / H), k = static_cast<int>(i % H);
-        ws[k * J + j] = wg[int64_t(j0 + j) * H + k];
-      }
-    } else {  // M[j, k] = W[k, j0 + j]
-      for (int64_t i = tid; i < n; i += nt) {
-        const int k = static_cast<int>(i / J), j = static_cast<int>(i % J);
-        ws[k * J + j] = wg[int64_t(k) * H + j0 + j];
-      }
-    }
-  }
-  for (int i = tid; i < KT * BT; i += nt) vs[i] = acc_t(0);
+  if constexpr (M != Mode::Step) stage_weights<T, BT, Backward>(c);
+  for (int i = c.tid; i < c.KT * BT; i += c.nt) c.vs[i] = acc_t(0);
   __syncthreads();
 
-  auto weight = [&](int k) -> acc_t {
-    if constexpr (M != Mode::Step) {
-      return static_cast<acc_t>(ws[k * J + my_j]);
-    } else {
-      return static_cast<acc_t>(p.backward ? wg[int64_t(k) * H + j0 + my_j] : wg[int64_t(j0 + my_j) * H + k]);
-    }
-  };
-
-  // Split of a full k-tile among the KS threads of a unit (32-bit: my_ks·KT < 2^31 for every regime).
-  const int kb_full = my_ks * KT / KS, ke_full = (my_ks + 1) * KT / KS;
-
-  // part[ks][b][j] = Σ_{k in split ks} M[j, k]·v[b, k]; load_v(b, k) supplies v (Grid/Step: staged
-  // per k-tile; Single: v is already the state in vs and the caller has synchronised). Ends with
-  // a __syncthreads so the partials are visible.
-  auto matvec = [&](auto&& load_v) {
-    acc_t a[BT];
-#pragma unroll
-    for (int b = 0; b < BT; ++b) a[b] = acc_t(0);
-    for (int k0 = 0; k0 < H; k0 += KT) {
-      const int kt = min(KT, H - k0);
-      if constexpr (M != Mode::Single) {
-        for (int i = tid; i < kt * BT; i += nt) {
-          const int b = i / kt, kk = i % kt;
-          vs[kk * BT + b] = load_v(b, k0 + kk);
-        }
-        __syncthreads();
-      }
-      if (my_ks < KS) {
-        // This thread's k-range of the tile; full tiles use the split computed once per launch.
-        const int kb = k0 + (kt == KT ? kb_full : my_ks * kt / KS);
-        const int ke = k0 + (kt == KT ? ke_full : (my_ks + 1) * kt / KS);
-#pragma unroll 4
-        for (int k = kb; k < ke; ++k) {
-          const acc_t w = weight(k);
-          acc_t v[BT];
-          load_row<BT>(vs + (k - k0) * BT, v);
-#pragma unroll
-          for (int b = 0; b < BT; ++b) a[b] = fma(w, v[b], a[b]);
-        }
-      }
-      if constexpr (M != Mode::Single) {
-        if (k0 + KT < H) __syncthreads();  // before the next tile overwrites vs
-      }
-    }
-    if (my_ks < KS) {
-#pragma unroll
-      for (int b = 0; b < BT; ++b) part[(my_ks * BT + b) * J + my_j] = a[b];
-    }
-    __syncthreads();
-  };
-  auto reduce = [&](int b, int j) {
-    acc_t m = part[b * J + j];
-    for (int ks = 1; ks < KS; ++ks) m += part[(ks * BT + b) * J + j];
-    return m;
-  };
-
   for (int64_t s = L.s0; s < L.s1; ++s) {
-    if (s == T_) {
-      // BPTT only: dh0[b] = δ_first[b]·W_hh, δ_first = the row's last processed δ.
-      for (int64_t ci = bg; ci < nchunks; ci += L.NBG) {
-        const int64_t c0 = ci * BT;
-        const int nb = static_cast<int>(min64(BT, B - c0));
-        if constexpr (M == Mode::Single) {
-          __syncthreads();  // the last step's epilogue wrote vs
-          matvec([](int, int) { return acc_t(0); });
-        } else {
-          matvec([&](int b, int k) { return b < nb ? __ldcg(last + (c0 + b) * H + k) : acc_t(0); });
-        }
-        for (int i = tid; i < nb * J; i += nt) {
-          const int b = i / J, j = i % J;
-          hout[(c0 + b) * H + j0 + j] = static_cast<T>(reduce(b, j));
-        }
+    if constexpr (Backward) {
+      if (s == T_) {
+        dh0_pass<T, BT, M>(c, L, bg, nchunks);
+        continue;
       }
-      continue;
     }
     const int64_t t = asc ? s : T_ - 1 - s;
-    const int64_t nact = batch_at(t), nnext = batch_at(t + 1), off = offset_at(t);
-    // A row reads the state of the previous processed step if it was alive there; otherwise it
-    // starts here (forward: from h0; BPTT: from the hy gradient). It ends here when it is not
-    // alive at the next processed step.
-    auto reads_state = [&](int64_t row) { return asc ? s > 0 : row < nnext; };
-    auto is_final = [&](int64_t row) { return asc ? row >= nnext : t == 0; };
+    const int64_t nact = batch_at(p, t), nnext = batch_at(p, t + 1), off = offset_at(p, t);
+    const StepRows rows{asc, s, t, nnext};
 
     for (int64_t ci = bg; ci < nchunks; ci += L.NBG) {
       const int64_t c0 = ci * BT;
       const int nb = static_cast<int>(max64(0, min64(BT, nact - c0)));
       if (nb == 0) break;  // alive rows are a prefix; later tiles are empty too (CTA-uniform)
-      const int nitems = nb * J;  // epilogue items (b, j) of this tile; thread tid takes tid, tid + nt, ...
-      auto index_of = [&](int i) { return (off + c0 + i / J) * ld + int64_t(d) * H + j0 + i % J; };
+      const int nitems = nb * c.J;  // epilogue items (b, j) of this tile; thread tid takes tid, tid + nt, ...
       // Load this step's pre-activations (and, in BPTT, the forward outputs) of the first kPrefetch
       // items now, so that their global-memory latency overlaps the mat-vec instead of following it.
       acc_t pre_in[kPrefetch], pre_y[kPrefetch];
 #pragma unroll
       for (int q = 0; q < kPrefetch; ++q) {
-        const int i = tid + q * nt;
+        const int i = c.tid + q * c.nt;
         if (i < nitems) {
-          const int64_t idx = index_of(i);
-          pre_in[q] = static_cast<acc_t>(buf[idx]);
-          pre_y[q] = p.backward ? static_cast<acc_t>(yv[idx]) : acc_t(0);
+          const int64_t idx = item_index(c, off, c0, i);
+          pre_in[q] = static_cast<acc_t>(c.buf[idx]);
+          pre_y[q] = Backward ? static_cast<acc_t>(c.yv[idx]) : acc_t(0);
         }
       }
       if constexpr (M == Mode::Single) {
-        // Rows that start at this step load h0 into the state (forward: every row at the first
-        // step; reverse direction of a packed batch: the rows not alive at the step before).
-        const bool any_start = asc ? s == 0 : nnext < c0 + nb;
-        if (!p.backward && any_start) {
-          for (int i = tid; i < nb * H; i += nt) {
-            const int b = i / H, k = i % H;
-            if (!reads_state(c0 + b)) vs[k * BT + b] = static_cast<acc_t>(hin[(c0 + b) * H + k]);
+        if constexpr (!Backward) {
+          // Rows that start at this step load h0 into the state (every row at the first step;
+          // reverse direction of a packed batch: the rows not alive at the step before).
+          const bool any_start = asc ? s == 0 : rows.nnext < c0 + nb;
+          if (any_start) {
+            for (int i = c.tid; i < nb * c.H; i += c.nt) {
+              const int b = i / c.H, k = i % c.H;
+              if (!rows.reads_state(c0 + b)) c.vs[k * BT + b] = static_cast<acc_t>(c.hin[(c0 + b) * c.H + k]);
+            }
           }
         }
         __syncthreads();
-        matvec([](int, int) { return acc_t(0); });
+        matvec<T, BT, M, Backward>(c, [](int, int) { return acc_t(0); });
       } else {
-        const acc_t* prev = xslot(s + 1);  // slot of step s - 1
-        matvec([&](int b, int k) -> acc_t {
+        const acc_t* prev = state_slot(c, p, s + 1);  // slot of step s - 1
+        matvec<T, BT, M, Backward>(c, [&](int b, int k) -> acc_t {
           if (b >= nb) return acc_t(0);
           const int64_t row = c0 + b;
-          if (reads_state(row)) return __ldcg(prev + row * H + k);
-          return p.backward ? acc_t(0) : static_cast<acc_t>(hin[row * H + k]);
+          if (rows.reads_state(row)) return __ldcg(prev + row * c.H + k);
+          return Backward ? acc_t(0) : static_cast<acc_t>(c.hin[row * c.H + k]);
         });
       }
-      acc_t* cur = M == Mode::Single ? nullptr : xslot(s);
-      // Item i: in = pre_t (forward) or g_t (BPTT) at buf[idx], yy = h_t (BPTT only).
-      auto epilogue = [&](int i, acc_t in, acc_t yy) {
-        const int b = i / J, j = i % J, jg = j0 + j;
-        const int64_t row = c0 + b;
-        const acc_t m = reduce(b, j);
-        acc_t v;
-        if (!p.backward) {
-          v = act(in + m, p.relu);
-          if (is_final(row)) hout[row * H + jg] = static_cast<T>(v);
-        } else {
-          const acc_t g = in + (reads_state(row) ? m : static_cast<acc_t>(hin[row * H + jg]));
-          v = p.relu ? (yy <= acc_t(0) ? acc_t(0) : g) : g * (acc_t(1) - yy * yy);
-          if (M != Mode::Single && is_final(row)) last[row * H + jg] = v;
-        }
-        buf[index_of(i)] = static_cast<T>(v);
-        if constexpr (M == Mode::Single) {
-          vs[jg * BT + b] = v;  // safe: every read of vs in this step happened before matvec's last sync
-        } else {
-          cur[row * H + jg] = v;
-        }
-      };
+      acc_t* cur = M == Mode::Single ? nullptr : state_slot(c, p, s);
 #pragma unroll
       for (int q = 0; q < kPrefetch; ++q) {
-        const int i = tid + q * nt;
-        if (i < nitems) epilogue(i, pre_in[q], pre_y[q]);
+        const int i = c.tid + q * c.nt;
+        if (i < nitems) epilogue<T, BT, M, Backward>(c, rows, p.relu, off, c0, cur, i, pre_in[q], pre_y[q]);
       }
-      for (int i = tid + kPrefetch * nt; i < nitems; i += nt) {
-        const int64_t idx = index_of(i);
-        epilogue(i, static_cast<acc_t>(buf[idx]), p.backward ? static_cast<acc_t>(yv[idx]) : acc_t(0));
+      for (int i = c.tid + kPrefetch * c.nt; i < nitems; i += c.nt) {
+        const int64_t idx = item_index(c, off, c0, i);
+        epilogue<T, BT, M, Backward>(c, rows, p.relu, off, c0, cur, i, static_cast<acc_t>(c.buf[idx]),
+                                     Backward ? static_cast<acc_t>(c.yv[idx]) : acc_t(0));
       }
     }
     if constexpr (M == Mode::Grid) {

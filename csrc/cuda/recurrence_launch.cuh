@@ -2,7 +2,8 @@
 // tile, CTAs and threads a call gets, and the launches; see recurrence.h for the contract.
 // Included by the .cu files that instantiate launch_recurrence<T> for their dtypes.
 //
-// launch_recurrence tries the regimes in order Single, Grid, Step (the first that fits the device).
+// launch_recurrence tries the regimes in order Single, Grid, Step (the first that fits the device);
+// each launch picks the forward or BPTT instantiation of the kernel from RecParams::backward.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,9 +39,10 @@ void with_bt(int bt, F&& f) {
   }
 }
 
+// The forward or BPTT instantiation of the kernel (both have the same signature).
 template <typename T, int BT, Mode M>
-auto kernel_ptr() {
-  return &recurrence_kernel<T, BT, M>;
+auto kernel_ptr(bool backward) {
+  return backward ? &recurrence_kernel<T, BT, M, true> : &recurrence_kernel<T, BT, M, false>;
 }
 
 template <typename T>
@@ -75,7 +77,7 @@ bool launch_grid(RecParams p, const DeviceInfo& dev, at::Device device, cudaStre
   bool ok = false;
   with_bt(bt, [&](auto btc) {
     constexpr int BT = decltype(btc)::value;
-    auto kernel = kernel_ptr<T, BT, Mode::Grid>();
+    auto kernel = kernel_ptr<T, BT, Mode::Grid>(p.backward);
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
@@ -111,7 +113,7 @@ void launch_steps(RecParams p, const DeviceInfo& dev, at::Device device, cudaStr
   const int threads = threads_for(J, H);
   const size_t smem = smem_bytes<T>(Mode::Step, H, J, KT, BT, threads);
   TORCH_INTERNAL_ASSERT(smem <= size_t(dev.smem_optin));
-  auto kernel = kernel_ptr<T, BT, Mode::Step>();
+  auto kernel = kernel_ptr<T, BT, Mode::Step>(p.backward);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   at::Tensor scratch = alloc_scratch<T>(p, device);
   p.scratch = scratch.data_ptr();
@@ -156,7 +158,7 @@ void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t strea
     if (smem <= size_t(dev.smem_optin)) {
       with_bt(bt, [&](auto btc) {
         constexpr int BT = decltype(btc)::value;
-        auto kernel = kernel_ptr<T, BT, Mode::Single>();
+        auto kernel = kernel_ptr<T, BT, Mode::Single>(p.backward);
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
         const int64_t nchunks = ceil_div(B, BT);
         const Launch L{static_cast<int>(H), 1, static_cast<int>(nchunks), static_cast<int>(H), 0, 0,
