@@ -140,8 +140,8 @@ def mode_names():
 
 
 def short(name, modes=mode_names()):
-    """void fused_rnn::cuda::recurrence_kernel<float, 8, (fused_rnn::cuda::Mode)1>(...) ->
-    recurrence_kernel<float, 8, Grid>"""
+    """void fused_rnn::cuda::recurrence_kernel<float, 8, (fused_rnn::cuda::Mode)1, true>(...) ->
+    recurrence_kernel<float, 8, Grid, true>"""
     name = re.sub(r"\(fused_rnn::cuda::Mode\)(\d+)", lambda m: modes[int(m.group(1))], name)
     name = name.replace("(anonymous namespace)::", "").split("(", 1)[0]
     for prefix in ("fused_rnn::cuda::", "fused_rnn::resident::", "c10::", "void "):

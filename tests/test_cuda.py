@@ -121,7 +121,7 @@ def compare(dtype=torch.float32, T=6, B=3, H=33, I=5, num_layers=1, bidirectiona
 
 
 # The regime each size takes in float32 on a GPU with 227 KB of shared memory per block and 132 SMs
-# (launch_recurrence in csrc/cuda/recurrence_kernel.cuh): H <= ~224 one CTA per batch tile holds
+# (launch_recurrence in csrc/cuda/recurrence_launch.cuh): H <= ~224 one CTA per batch tile holds
 # W_hh ("single"); larger H the cooperative kernel ("grid"), for H = 2049 one launch per direction.
 # With less shared memory or fewer SMs H = 2049 cannot be co-resident and takes the per-step kernel.
 # test_step_fallback_huge_hidden and test_forced_regimes cover the per-step kernel.
