@@ -10,6 +10,7 @@
 
 #include <array>
 
+#include "h_prev_index.h"
 #include "matmul.h"
 
 namespace fused_rnn {
@@ -65,33 +66,9 @@ at::Tensor layer_input(const at::Tensor& x, const at::Tensor& reserve, const at:
 
 // Puts a packed call's step table on the device, once per call (StepLayout::table), where the
 // kernels upload it (CUDA: without a host synchronisation, graph-capturable); the CPU kernels read
-// the host vectors, and h_prev_index makes its own CPU table.
+// the host vectors.
 void attach_step_table(StepLayout& lay, const RecurrenceKernels& k, at::Device device) {
   if (!lay.uniform() && k.upload != nullptr) lay.table = k.upload(lay.host_table(), device);
-}
-
-// Packed input: for each row of a direction's buffers, its row in [y; h0] (rows N.. are h0) that
-// holds the state the step read, h_prev: the previous step's output for a continued row, else h0.
-// [N] int64 on the table's device, built with tensor ops from StepLayout::table (or the host's): no
-// host loop over the rows and no copy. StepRule's continued_rows and prev_step, vectorised over steps.
-at::Tensor h_prev_index(const StepLayout& lay, bool reverse) {
-  const int64_t T = lay.T, N = lay.rows();
-  const at::Tensor table =
-      lay.table.defined() ? lay.table : at::tensor(lay.host_table(), at::TensorOptions().dtype(at::kLong));
-  const at::Tensor batch = table.narrow(0, 0, T + 1);       // [T + 1], batch[T] = 0
-  const at::Tensor offset = table.narrow(0, T + 1, T + 1);  // [T + 1], offset[T] = N
-  at::Tensor carried, prev_offset;                          // [T], per step
-  if (reverse) {  // continued_rows = batch[t + 1], prev_step = t + 1
-    carried = batch.narrow(0, 1, T);
-    prev_offset = offset.narrow(0, 1, T);
-  } else {  // continued_rows = batch[t] (0 at t = 0), prev_step = t - 1 (unused at t = 0)
-    carried = batch.narrow(0, 0, T).clone();
-    carried.narrow(0, 0, 1).zero_();
-    prev_offset = at::roll(offset.narrow(0, 0, T), 1);
-  }
-  const at::Tensor step = at::repeat_interleave(batch.narrow(0, 0, T), std::optional<int64_t>(N));  // [N]: its step
-  const at::Tensor b = at::arange(N, table.options()) - offset.index_select(0, step);  // its row in the step
-  return at::where(b < carried.index_select(0, step), prev_offset.index_select(0, step) + b, b + N);
 }
 
 // dW_hh of one direction = Σ_t δ_tᵀ h_prev_t, with h_prev_t the state the step read.
