@@ -5,15 +5,15 @@
 #   2. tests/test_cuda.py
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
-#   3c. the SM-resident regimes forced beside the default one (A/B): float32 TF32 off and on,
-#       float16 and bfloat16
-#   3c'. float32 with PyTorch's default TF32 flags, the GEMM path's TF32 rule A/B (FUSED_RNN_CUDA_GEMM_TF32)
-#   3c''. the tuned regime choice against the fixed rule (FUSED_RNN_CUDA_REGIME=tuned / auto)
-#   3d. the generation row (benchmarks/generation.py), default and resident regime
+#   3c. the generation row (benchmarks/generation.py), default regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
-#   4a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
-#   4b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
-#   5. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
+#   5. A/B of the opt-in paths, each beside the default regime: the SM-resident regimes (float32 TF32
+#      off and on, float16 and bfloat16), the half per-step GEMMs, the GEMMs' TF32 rule
+#      (FUSED_RNN_CUDA_GEMM_TF32), the tuned choice (FUSED_RNN_CUDA_REGIME=tuned), the generation
+#      row tuned and resident, eager against graph-captured calls of the half GEMM regime
+#   5a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
+#   5b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
+#   6. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
 #      benchmark tables), copied with all logs to the folder given as the first argument.
 # A failing or timed-out stage is recorded and the next one runs. Each stage has its own timeout,
 # and all of them together stay inside GPU_CHECK_BUDGET_S (default 465 s, so the whole run is < 8 min).
@@ -83,13 +83,14 @@ stage sync_costs 60 "benchmarks/microbench/sync_costs.cu" \
            && '$WORK/sync_costs' | tee '$WORK/sync_costs.md'"
 
 # 2. CUDA tests
-#    The opt-in resident regimes in a process of their own, after the rest: a fault in a kernel that
-#    never ran before must not take the validated tests' CUDA context down with it.
-stage tests 170 "tests/test_cuda.py -k 'not resident'" \
-  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "not resident" \
+#    The opt-in resident regimes (and the tuned choice, whose trials run them) in a process of their
+#    own, after the rest: a fault in a kernel that never ran before must not take the validated
+#    tests' CUDA context down with it.
+stage tests 170 "tests/test_cuda.py -k 'not resident and not tuned'" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "not resident and not tuned" \
   --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
-stage tests_resident 120 "tests/test_cuda.py -k resident" \
-  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k resident \
+stage tests_resident 120 "tests/test_cuda.py -k 'resident or tuned'" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "resident or tuned" \
   --junitxml="$WORK/test_cuda_resident.xml" -o junit_family=xunit1
 
 # 3. benchmark (before the sanitizers, so that a slow sanitizer cannot cost the numbers)
@@ -100,7 +101,42 @@ stage bench 200 "benchmarks/benchmark.py --device cuda --quick" \
 stage bench_tf32_fp16 90 "benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on" \
   "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32,float16 --tf32 on --out "$WORK/bench_tf32_fp16"
 
-# 3c. the SM-resident regime (opt-in until a run of this check passes its tests): the same float32
+# 3c. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
+#     (the issue's row), in the default regime
+stage "generation_auto_h256" 60 "benchmarks/generation.py --cuda-regime auto --hidden 256" \
+  "$PY" benchmarks/generation.py --cuda-regime auto --hidden 256 --out "$WORK/generation_auto_h256.md"
+
+# 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
+SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
+for tool in memcheck racecheck; do
+  if [ -z "$SAN" ]; then
+    echo "compute-sanitizer not found (looked in PATH and \$CUDA_HOME/bin)" > "$WORK/$tool.log"
+    printf '%s\t-\t0\tcompute-sanitizer not found\n' "$tool" >> "$WORK/stages.tsv"
+    continue
+  fi
+  stage "$tool" 75 "kernel filter kns=recurrence_kernel, regimes auto grid step gemm" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=recurrence_kernel "$PY" benchmarks/gpu_sanitize.py \
+    auto grid step gemm
+  if grep -qi "unrecognized\|invalid option\|unknown option" "$WORK/$tool.log"; then
+    stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
+      "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py auto grid step gemm
+  fi
+  stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \
+    resident float32 bfloat16
+done
+
+#    memcheck, no kernel filter, on the paths new since the last run: packed input (the step table's
+#    upload kernel, the device-built gather index) and the float16/bfloat16 per-step GEMMs (cuBLAS and
+#    their pointwise kernels)
+if [ -n "$SAN" ]; then
+  stage memcheck_new_paths 60 "gemm regime, float16 and bfloat16, packed input, every kernel" \
+    "$SAN" --tool memcheck --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py gemm float16 bfloat16
+fi
+
+# 5. A/B of the opt-in paths on this card, each beside the default regime (after the sanitizers: the
+#    validated numbers and the validation come first when the budget runs short)
+#    The SM-resident regime (opt-in until a run of this check passes its tests): the same float32
 #     shapes forced to it and in the default regime (an A/B on this card), TF32 off, then on
 RESIDENT_SHAPES="1,128,64,64 8,128,64,64 64,128,64,64 256,128,64,64 1,128,128,128 64,128,128,128
 256,128,128,128 1,128,192,192 64,128,192,192 1,128,256,256 64,128,256,256 256,128,256,256 1,128,512,512
@@ -147,10 +183,9 @@ for regime in tuned auto; do
     --cuda-regime "$regime" --out "$WORK/bench_choice_$regime"
 done
 
-# 3d. the generation row: 256 successive T = 1 calls, B = 1, H = 256, eager and graph-captured
-#     (the issue's row), then H = 128 in the resident regime (which holds H <= 192; the table has
-#     nn.RNN beside it)
-for run in "auto 256" "tuned 256" "resident 128"; do
+#     the generation row in the tuned choice, and at H = 128 in the resident regime (which holds
+#     H <= 192; the table has nn.RNN beside it)
+for run in "tuned 256" "resident 128"; do
   set -- $run
   stage "generation_$1_h$2" 60 "benchmarks/generation.py --cuda-regime $1 --hidden $2" \
     "$PY" benchmarks/generation.py --cuda-regime "$1" --hidden "$2" --out "$WORK/generation_$1_h$2.md"
@@ -162,34 +197,14 @@ stage "graph_vs_eager_half_gemm" 60 "benchmarks/generation.py --seq-len 128 --dt
   "$PY" benchmarks/generation.py --steps 4 --seq-len 128 --batch 64 --hidden 2048 --dtype float16 \
   --cuda-regime gemm --reps 10 --out "$WORK/generation_graph_vs_eager_half_gemm.md"
 
-# 4. compute-sanitizer on the recurrence kernels only (kernel-name filter; without it if unsupported)
-SAN=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null | head -1)
-for tool in memcheck racecheck; do
-  if [ -z "$SAN" ]; then
-    echo "compute-sanitizer not found (looked in PATH and \$CUDA_HOME/bin)" > "$WORK/$tool.log"
-    printf '%s\t-\t0\tcompute-sanitizer not found\n' "$tool" >> "$WORK/stages.tsv"
-    continue
-  fi
-  stage "$tool" 75 "kernel filter kns=recurrence_kernel, regimes auto grid step gemm" \
-    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=recurrence_kernel "$PY" benchmarks/gpu_sanitize.py \
-    auto grid step gemm
-  if grep -qi "unrecognized\|invalid option\|unknown option" "$WORK/$tool.log"; then
-    stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
-      "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py auto grid step gemm
-  fi
-  stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
-    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \
-    resident float32 bfloat16
-done
-
-# 4a. the bfloat16 racecheck question: racecheck per dtype and regime, and on a minimal standalone
+# 5a. the bfloat16 racecheck question: racecheck per dtype and regime, and on a minimal standalone
 #     program (benchmarks/racecheck_probe/), to tell a kernel bug from the tool's
 if [ -n "$SAN" ]; then
   stage racecheck_probe 90 "benchmarks/racecheck_probe/racecheck_probe.py" \
     "$PY" benchmarks/racecheck_probe/racecheck_probe.py --sanitizer "$SAN" --out "$WORK/racecheck_probe.md"
 fi
 
-# 4b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes
+# 5b. Nsight Compute: throughput and stall reasons of the recurrence kernel at representative shapes
 NCU=$(command -v ncu || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
   stage ncu 90 "ncu on benchmarks/gpu_profile.py" \
@@ -198,7 +213,7 @@ if [ -n "$NCU" ]; then
     "$PY" benchmarks/gpu_profile.py
 fi
 
-# 5. results file, and a copy of everything
+# 6. results file, and a copy of everything
 "$PY" benchmarks/gpu_report.py "$WORK" "$RESULTS/$NAME.md" "$RESULTS/$NAME.json"
 if [ -n "$COPY_TO" ]; then
   mkdir -p "$COPY_TO"

@@ -23,7 +23,7 @@ def main() -> int:
     assert torch.cuda.is_available() and fused_rnn.cuda_available(), "needs a GPU and a CUDA build"
     torch.manual_seed(0)
     failures = 0
-    regimes = ("auto", "grid", "step", "gemm", "resident")  # gemm: float32/float64 only; resident: float32
+    regimes = ("auto", "grid", "step", "gemm", "resident")  # resident: float32, float16, bfloat16
     dtypes = ("float32", "bfloat16", "float16", "float64")
     only_regimes = [a for a in sys.argv[1:] if a in regimes] or regimes
     only_dtypes = [a for a in sys.argv[1:] if a in dtypes] or dtypes
