@@ -129,6 +129,30 @@ __global__ void dsmem_exchange(int words) {
   if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
 }
 
+// The exchange above plus the step's output store to global memory (each thread one float, as the
+// resident kernels' epilogue writes h_t or δ_t), issued before the cluster barrier (as the kernels
+// do now) or just after it. The barrier's MEMBAR.ALL.GPU waits for a global store issued before it;
+// one issued after it has a whole step to drain before the next barrier. The difference between the
+// two rows is what moving the output stores past the barrier would save per step.
+__global__ void dsmem_exchange_global_store(int words, float* out, int store_after_barrier) {
+  extern __shared__ float slice[];  // [cluster size][words]
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), n = cluster.num_blocks();
+  float* mine = out + (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+  const long long t0 = clock64();
+  for (int i = 0; i < kReps; ++i) {
+    for (unsigned peer = 0; peer < n; ++peer) {
+      float* remote = cluster.map_shared_rank(slice, peer);
+      for (int w = threadIdx.x; w < words; w += blockDim.x) remote[rank * words + w] = float(i + w);
+    }
+    if (!store_after_barrier) mine[i & 7] = float(i);
+    cluster.sync();
+    if (store_after_barrier) mine[i & 7] = float(i);
+  }
+  const long long t1 = clock64();
+  if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
+}
+
 __global__ void grid_barrier() {
   cg::grid_group grid = cg::this_grid();
   const long long t0 = clock64();
@@ -219,6 +243,8 @@ int main() {
     cudaFuncSetAttribute(reinterpret_cast<const void*>(dsmem_exchange), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     cudaFuncSetAttribute(reinterpret_cast<const void*>(cluster_barrier_relaxed),
                          cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaFuncSetAttribute(reinterpret_cast<const void*>(dsmem_exchange_global_store),
+                         cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     for (int c : {2, 4, 8, 16}) {
       const std::string name = "cluster.sync() (release/acquire), cluster of " + std::to_string(c) + " x 256 threads";
       timed(name.c_str(), [c] {
@@ -242,6 +268,26 @@ int main() {
                                                                                                    : cudaErrorLaunchFailure;
       });
     }
+  }
+  if (major >= 9) {
+    float* out = nullptr;
+    CHECK(cudaMalloc(&out, size_t(16) * 256 * 8 * sizeof(float)));
+    for (int c : {2, 8}) {
+      for (int after : {0, 1}) {
+        int words = 1024 / c;
+        void* args[] = {&words, &out, &after};
+        const size_t smem = size_t(c) * words * sizeof(float);
+        const std::string name = "DSMEM exchange + a global store per thread " +
+                                 std::string(after ? "after" : "before") + " the cluster barrier, cluster of " +
+                                 std::to_string(c);
+        timed(name.c_str(), [&] {
+          return cluster_launch(reinterpret_cast<const void*>(dsmem_exchange_global_store), c, 256, smem, args)
+                     ? cudaSuccess
+                     : cudaErrorLaunchFailure;
+        });
+      }
+    }
+    CHECK(cudaFree(out));
   }
   {
     const std::string name = "grid.sync, " + std::to_string(sms) + " CTAs x 128 threads (cooperative)";
