@@ -2,7 +2,8 @@
 // GPU_PLAN.md ("Synchronisation costs to design around: measure them in the first GPU minute"):
 // dependent FFMA / tanhf / mma.sync chains, __syncthreads at 512 threads, the cluster barrier and a
 // distributed-shared-memory exchange (each CTA writes a slice into every peer, then the cluster
-// barrier) for cluster sizes 2..16 (sm_90), and a cooperative grid.sync over all SMs.
+// barrier; or by st.async completing on mbarriers, with no cluster barrier) for cluster sizes 2..16
+// (sm_90), and a cooperative grid.sync over all SMs.
 //
 // Standalone (no torch): nvcc -std=c++17 -O3 -arch=sm_90 sync_costs.cu -o sync_costs && ./sync_costs
 // Prints a Markdown table: per operation, cycles (clock64 in the kernel) and ns (CUDA events over
@@ -153,6 +154,62 @@ __global__ void dsmem_exchange_global_store(int words, float* out, int store_aft
   if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
 }
 
+// The same exchange completing on mbarriers instead of the cluster barrier (issue 11's design):
+// each CTA stores its slice into every peer with st.async, which counts its bytes on the peer's
+// mbarrier, and waits on its own mbarrier for the bytes of the step (double-buffered: two barriers,
+// phase parity (i / 2) & 1). No MEMBAR.ALL.GPU in the loop (SASS: SYNCS.ARRIVE.TRANS64, STAS,
+// SYNCS.PHASECHK.TRANS64.TRYWAIT). A global store per thread before the stores, as the kernels'
+// epilogue makes, when global_store is set.
+__global__ void dsmem_exchange_mbarrier(int words, float* out, int global_store) {
+  extern __shared__ __align__(16) unsigned char raw[];  // [2 mbarriers][2][cluster size][words]
+  float* slices = reinterpret_cast<float*>(raw + 16);
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), n = cluster.num_blocks();
+  const unsigned bar0 = static_cast<unsigned>(__cvta_generic_to_shared(raw));
+  float* mine = out + (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0 + 8));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  cluster.sync();  // the peers' barriers are initialised before any store counts on them
+  const unsigned bytes = n * unsigned(words) * 4u;  // what this CTA receives per step
+  const long long t0 = clock64();
+  for (int i = 0; i < kReps; ++i) {
+    const unsigned q = i & 1, bar = bar0 + 8 * q;
+    if (threadIdx.x == 0) {
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+    }
+    if (global_store) mine[i & 7] = float(i);
+    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(slices + (q * n + rank) * words));
+    for (unsigned peer = 0; peer < n; ++peer) {
+      unsigned remote_bar;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_bar) : "r"(bar), "r"(peer));
+      for (int w = threadIdx.x; w < words; w += blockDim.x) {
+        unsigned remote;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(base + 4u * w), "r"(peer));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+                     "r"(__float_as_uint(float(i + w))), "r"(remote_bar)
+                     : "memory");
+      }
+    }
+    unsigned done = 0;
+    while (!done) {
+      asm volatile(
+          "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+          "selp.u32 %0, 1, 0, p;\n\t}"
+          : "=r"(done)
+          : "r"(bar), "r"((i >> 1) & 1)
+          : "memory");
+    }
+  }
+  const long long t1 = clock64();
+  cluster.sync();  // no CTA leaves while a peer may still count on it
+  if (threadIdx.x == 0 && blockIdx.x == 0) g_cycles = t1 - t0;
+#endif
+}
+
 __global__ void grid_barrier() {
   cg::grid_group grid = cg::this_grid();
   const long long t0 = clock64();
@@ -245,6 +302,8 @@ int main() {
                          cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     cudaFuncSetAttribute(reinterpret_cast<const void*>(dsmem_exchange_global_store),
                          cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaFuncSetAttribute(reinterpret_cast<const void*>(dsmem_exchange_mbarrier),
+                         cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     for (int c : {2, 4, 8, 16}) {
       const std::string name = "cluster.sync() (release/acquire), cluster of " + std::to_string(c) + " x 256 threads";
       timed(name.c_str(), [c] {
@@ -282,6 +341,21 @@ int main() {
                                  std::to_string(c);
         timed(name.c_str(), [&] {
           return cluster_launch(reinterpret_cast<const void*>(dsmem_exchange_global_store), c, 256, smem, args)
+                     ? cudaSuccess
+                     : cudaErrorLaunchFailure;
+        });
+      }
+    }
+    for (int c : {2, 4, 8, 16}) {
+      for (int store : {0, 1}) {
+        int words = 1024 / c;
+        void* args[] = {&words, &out, &store};
+        const size_t smem = 16 + 2 * size_t(c) * words * sizeof(float);
+        const std::string name = "DSMEM exchange of h[1024] fp32 by st.async + mbarrier (no cluster barrier)" +
+                                 std::string(store ? " + a global store per thread" : "") + ", cluster of " +
+                                 std::to_string(c);
+        timed(name.c_str(), [&] {
+          return cluster_launch(reinterpret_cast<const void*>(dsmem_exchange_mbarrier), c, 256, smem, args)
                      ? cudaSuccess
                      : cudaErrorLaunchFailure;
         });
