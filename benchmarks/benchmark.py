@@ -263,6 +263,10 @@ def measure(cands, timer, cfg):
 
 # ---- one shape --------------------------------------------------------------------------------------
 
+# The tests' atol (tests/test_cuda.py ATOL) in the float64 column's 2x rule.
+ATOL_VS_FLOAT64 = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 4e-3}
+
+
 def max_rel_diff(a, b):
     """max |a - b| / max(1, max |b|), in float64."""
     a, b = a.detach().double(), b.detach().double()
@@ -305,15 +309,28 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
             check["fwd_h_n"] = max_rel_diff(h, h_ref)
         except Exception as e:  # noqa: BLE001  (a missing kernel is a result, not a crash)
             errors["fused"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    # Error against float64 (below float64 itself): the same dtype-rounded weights and input run in
+    # float64 by nn.RNN, each implementation's largest relative difference from it, forward (output,
+    # h_n) and backward (every gradient). The tests' rule: fused at most 2x nn.RNN's.
+    accuracy = {}
+    ref64 = copy.deepcopy(ref).to(dtype).double() if dtype != torch.float64 and "fused" not in errors else None
+    if ref64 is not None:
+        with torch.no_grad():
+            y64, h64 = ref64(x.double())
+        accuracy["fwd"] = {"fused": max(max_rel_diff(y, y64), max_rel_diff(h, h64)),
+                           "nn.RNN": max(max_rel_diff(y_ref, y64), max_rel_diff(h_ref, h64))}
     if "fwdbwd" in modes and "fused" not in errors:
         grads = []
-        for mod, inp in ((base, x_base), (fused_mod, x)):
+        for mod, inp in ((base, x_base), (fused_mod, x)) + (((ref64, x.double()),) if ref64 is not None else ()):
             xi = inp.detach().requires_grad_()
             out, hn = mod(xi)
             (out.sum() + hn.sum()).backward()
             grads.append([xi.grad] + [p.grad for p in mod.parameters()])
             mod.zero_grad(set_to_none=True)
         check["bwd_grads"] = max(max_rel_diff(g, r) for g, r in zip(grads[1], grads[0]))
+        if ref64 is not None:
+            accuracy["fwdbwd"] = {name: max(max_rel_diff(g, r) for g, r in zip(grads[i], grads[2]))
+                                  for i, name in ((1, "fused"), (0, "nn.RNN"))}
 
     ort_sess = None
     if device == "cpu" and "fwd" in modes and not args.no_onnx:
@@ -379,7 +396,8 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
                 speed["vs_onnxruntime"] = res["onnxruntime"]["median_s"] / res["fused"]["median_s"]
         rows.append({"shape": asdict(shape), "label": shape.label(), "mode": mode, "dtype": dtype_name,
                      "baseline_dtype": str(base_dtype).replace("torch.", ""), "flop": flop,
-                     "impls": impls, "speedup": speed, "check": check, "notes": notes, "fused_regime": regime})
+                     "impls": impls, "speedup": speed, "check": check, "notes": notes, "fused_regime": regime,
+                     "error_vs_float64": accuracy.get(mode)})
     return rows
 
 
@@ -404,6 +422,9 @@ def header_lines(env):
              + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter")
              + "; fwd under torch.no_grad(), fwd+bwd = forward + (output.sum()+h_n.sum()).backward(), "
                "input requires grad, grads set to None per call; time-major input, h0 = zeros, tanh",
+             "- max rel diff: fused against nn.RNN, max |a - b| / max(1, max |b|) over the outputs (fwd) and "
+             "gradients (fwd+bwd); error vs float64: each against nn.RNN run in float64 on the same dtype-rounded "
+             "weights and input (⚠: fused over 2x nn.RNN's error plus the tests' atol)",
              f"- µs/step = median time per call / T; GFLOP/s from: {FLOP_FORMULA}",
              "- speedup = nn.RNN time / fused time (> 1: fused faster); vs ORT = ORT time / fused time"]
     if env["device"] == "cpu":
@@ -422,7 +443,8 @@ def table_lines(rows, multi_dtype):
             + (["fused regime"] if any(r.get("fused_regime") for r in rows) else [])
             + ["nn.RNN µs/step", "fused µs/step"] + (["ORT µs/step"] if has_ort else [])
             + ["nn.RNN GFLOP/s", "fused GFLOP/s", "speedup"] + (["vs ORT"] if has_ort else [])
-            + ["max rel diff"])
+            + ["max rel diff"]
+            + (["error vs float64: fused / nn.RNN"] if any(r.get("error_vs_float64") for r in rows) else []))
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         s, im = r["shape"], r["impls"]
@@ -448,6 +470,10 @@ def table_lines(rows, multi_dtype):
                     fmt(sp.get("vs_nn.RNN"), ".2f") + ("×" if "vs_nn.RNN" in sp else "")]
                  + ([fmt(sp.get("vs_onnxruntime"), ".2f") + ("×" if "vs_onnxruntime" in sp else "")] if has_ort else [])
                  + [diff])
+        if "error vs float64: fused / nn.RNN" in cols:
+            e = r.get("error_vs_float64")
+            cells.append("—" if not e else f"{fmt(e['fused'], '.1e')} / {fmt(e['nn.RNN'], '.1e')}"
+                         + (" ⚠" if e["fused"] > 2 * e["nn.RNN"] + ATOL_VS_FLOAT64.get(r["dtype"], 0.0) else ""))
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return out
 
