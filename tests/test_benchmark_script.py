@@ -1,0 +1,27 @@
+"""benchmarks/benchmark.py end to end on the CPU at one tiny shape: it runs, its correctness check
+passes, and every row carries the error against float64 of both implementations, fused within the
+tests' 2x rule. A smoke test of the script that produces the README's tables; no timing is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_script_reports_error_against_float64(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "--shapes", "3,4,10,20 2,5,6,8,2,T",
+         "--dtype", "float32,bfloat16", "--no-onnx", "--min-time", "0.01", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.load(open(tmp_path / "results.json"))["rows"]
+    assert len(rows) == 2 * 2 * 2  # shapes x dtypes x modes
+    atol = {"float32": 1e-6, "bfloat16": 4e-3}
+    for r in rows:
+        assert r["check"]["ok"], r["check"]
+        e = r["error_vs_float64"]
+        assert 0 <= e["fused"] <= 2 * e["nn.RNN"] + atol[r["dtype"]], (r["label"], r["dtype"], r["mode"], e)
+    table = [line for line in open(tmp_path / "results.md") if line.startswith("|")]
+    assert "error vs float64: fused / nn.RNN" in table[0]
+    assert len(table) == 2 + len(rows) and not any("⚠" in line for line in table)
