@@ -92,13 +92,40 @@ def ncu_summary(text):
     return out
 
 
+def compact_table(bench):
+    """One table over every benchmark run: a row per (shape, dtype, mode), a column per run, the
+    speedup of fused over nn.RNN in the cell (a trailing ! below 1.0x, ⚠ where the fused error
+    against float64 broke the 2x rule or the correctness check failed). The table gpu_check.sh
+    prints last."""
+    runs = [d for d, b in bench.items() if b]
+    cells, order = {}, []
+    for d in runs:
+        for r in bench[d]["rows"]:
+            key = (r["label"], r["dtype"], "fwd" if r["mode"] == "fwd" else "fwd+bwd")
+            if key not in cells:
+                cells[key] = {}
+                order.append(key)
+            sp = r.get("speedup", {}).get("vs_nn.RNN")
+            e = r.get("error_vs_float64")
+            atol = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 4e-3}.get(r["dtype"], 0.0)  # the tests' atol
+            bad = not r["check"].get("ok", True) or (e and e["fused"] > 2 * e["nn.RNN"] + atol)
+            cells[key][d] = "error" if sp is None else f"{sp:.2f}x" + ("!" if sp < 1.0 else "") + (" ⚠" if bad else "")
+    if not order:
+        return ["(no benchmark results)"]
+    lines = ["| shape | dtype | mode | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
+    for key in order:
+        lines.append("| " + " | ".join(key) + " | " + " | ".join(cells[key].get(d, "—") for d in runs) + " |")
+    return lines
+
+
 def main():
     work, md_path, json_path = sys.argv[1:4]
     env = environment()
     st = stages(work)
     tr = tests(work)
     tr_resident = tests(work, "test_cuda_resident.xml")
-    san = {tool: sanitizer(work, tool) for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident")}
+    san = {tool: sanitizer(work, tool)
+           for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_new_paths")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
     bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
     bench_md, bench = {}, {}
@@ -134,6 +161,8 @@ def main():
     if ncu:
         lines += ["", "## Nsight Compute (benchmarks/gpu_profile.py; full output in ncu.log)", ""]
         lines += ncu
+    compact = compact_table(bench)
+    lines += ["", "## Compact: speedup of fused over nn.RNN, every benchmark run (! below 1.0x)", ""] + compact
     for d, md in bench_md.items():
         lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
     costs = os.path.join(work, "sync_costs.md")
@@ -151,6 +180,8 @@ def main():
     with open(json_path, "w") as f:
         json.dump({"environment": env, "stages": st, "tests": tr, "tests_resident": tr_resident, "sanitizer": san, "benchmark": bench}, f, indent=1)
     print(f"wrote {md_path} and {json_path}")
+    print("\nSpeedup of fused over nn.RNN, every benchmark run (! below 1.0x):\n")
+    print("\n".join(compact))
 
 
 if __name__ == "__main__":
