@@ -1,6 +1,7 @@
 // The Python module fused_rnn._C. Importing it loads this library, which runs the op registrations
 // (ops.cpp, autograd.cpp, cuda/). It also offers:
 //   with_cuda()       whether the CUDA kernels were compiled in
+//   cublas_found()    whether the CUDA build's direct cuBLAS calls found their entry point
 //   parallel_threads_used()  how many threads one at::parallel_for in this library spreads over:
 //                     a build check (compiled without -fopenmp, parallel_for runs on the caller only)
 //   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward
@@ -29,6 +30,12 @@
 #include "op_handles.h"
 #include "switches.h"
 
+#ifdef FUSED_RNN_WITH_CUDA
+namespace fused_rnn::cuda {
+bool cublas_available();  // cuda/cublas_gemm.cu
+}  // namespace fused_rnn::cuda
+#endif
+
 namespace {
 
 PyObject* with_cuda(PyObject*, PyObject*) {
@@ -37,6 +44,15 @@ PyObject* with_cuda(PyObject*, PyObject*) {
 #else
   Py_RETURN_FALSE;
 #endif
+}
+
+// Whether the direct cuBLAS calls (cuda/cublas_gemm.cu) found cublasGemmEx in the libcublas torch
+// loaded; False in a build without CUDA. Needs no GPU: a CUDA build of torch loads libcublas at import.
+PyObject* cublas_found(PyObject*, PyObject*) {
+#ifdef FUSED_RNN_WITH_CUDA
+  if (fused_rnn::cuda::cublas_available()) Py_RETURN_TRUE;
+#endif
+  Py_RETURN_FALSE;
 }
 
 PyObject* parallel_threads_used(PyObject*, PyObject*) {
@@ -163,6 +179,8 @@ PyObject* tuning_log(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
+    {"cublas_found", cublas_found, METH_NOARGS,
+     "True if the direct cuBLAS calls of the CUDA build found cublasGemmEx in the process (no GPU needed)."},
     {"parallel_threads_used", parallel_threads_used, METH_NOARGS,
      "Threads one at::parallel_for in this library runs on (1 if built without OpenMP)."},
     {"rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)), METH_FASTCALL,

@@ -104,3 +104,11 @@ def test_sass_check_rules_can_fail():
     parts = "resident_mma_kernel<Half, 16, 2, 4, false>"  # k parts: two barriers a step
     assert check(parts, collections.Counter({"MMA": 32, "BAR": 4})) == []
     assert check(parts, collections.Counter({"MMA": 32, "BAR": 2}))
+
+
+@pytest.mark.skipif(not fused_rnn.cuda_available(), reason="built without the CUDA kernels (FUSED_RNN_CUDA=1)")
+def test_direct_cublas_calls_find_their_entry_point():
+    """The CUDA build calls cublasGemmEx directly (csrc/cuda/cublas_gemm.cu: the TF32 GEMM rule, the
+    half per-step GEMMs) through the libcublas torch loaded, looked up by soname at run time rather
+    than linked. Without it those paths would quietly fall back to ATen; the lookup needs no GPU."""
+    assert fused_rnn._C.cublas_found()
