@@ -4,7 +4,6 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
-#include <optional>
 #include <vector>
 
 namespace fused_rnn {
@@ -33,9 +32,12 @@ at::Tensor h_prev_index_from_table(const at::Tensor& table, int64_t T, int64_t N
     carried.narrow(0, 0, 1).zero_();
     prev_offset = at::roll(offset.narrow(0, 0, T), 1);
   }
-  // [N]: each row's step (output_size given: no synchronisation), and its row within the step
-  const at::Tensor step = at::repeat_interleave(batch.narrow(0, 0, T), std::optional<int64_t>(N));
-  const at::Tensor b = at::arange(N, table.options()) - offset.index_select(0, step);
+  // [N]: each row's step, the number of later steps' starts at or before it (a binary search per
+  // row: no synchronisation, where repeat_interleave's sync-freedom rests on its output_size path),
+  // and the row within its step. offset[T] = N bounds the search and is never counted.
+  const at::Tensor row = at::arange(N, table.options());
+  const at::Tensor step = at::searchsorted(offset.narrow(0, 1, T), row, /*out_int32=*/false, /*right=*/true);
+  const at::Tensor b = row - offset.index_select(0, step);
   return at::where(b < carried.index_select(0, step), prev_offset.index_select(0, step) + b, b + N);
 }
 
