@@ -1,4 +1,4 @@
-// CPU emulation of the column-major GEMM call the CUDA TF32 GEMM makes (cuda/cublas_gemm.cu), for
+// CPU emulation of the column-major GEMM call the direct cuBLAS GEMM makes (cuda/cublas_gemm.cu), for
 // tests on machines without a GPU: column_major_gemm.h turns ATen views into BLAS arguments, and a
 // plain loop with BLAS's own semantics (op, leading dimensions, column-major storage) runs them on
 // the same memory, so a wrong transpose, leading dimension or operand order shows up as a wrong

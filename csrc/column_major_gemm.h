@@ -3,7 +3,7 @@
 // is computed as cᵀ [N, M] = bᵀ [N, K] · aᵀ [K, M], since a row-major matrix with row stride s is,
 // in the same memory, the column-major matrix of its transpose with leading dimension s. An operand
 // stored column-major (a transposed view: unit row stride) is passed as it is, with op T.
-// Used by the CUDA TF32 GEMM (cuda/cublas_gemm.cu) and checked by its CPU emulation
+// Used by the direct cuBLAS calls (cuda/cublas_gemm.cu) and checked by its CPU emulation
 // (blas_emulation.cpp, tests/test_column_major_gemm.py).
 #pragma once
 

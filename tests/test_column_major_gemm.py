@@ -1,7 +1,8 @@
-"""The CUDA TF32 GEMM's argument mapping, checked without a GPU.
+"""The direct cuBLAS GEMM's argument mapping, checked without a GPU.
 
 With FUSED_RNN_CUDA_GEMM_TF32=rnn, float32 matrix products of the CUDA stack go to cuBLAS's
-column-major GEMM directly (csrc/cuda/cublas_gemm.cu), with ATen views passed as they lie in memory
+column-major GEMM directly (csrc/cuda/cublas_gemm.cu), as do the float16/bfloat16 per-step GEMMs
+(csrc/cuda/gemm_steps_half.cu), with ATen views passed as they lie in memory
 (csrc/column_major_gemm.h: which operand goes first, op N or T, the leading dimensions).
 torch.ops.fused_rnn_emulation.column_major_gemm runs the same arguments through a loop with BLAS's
 own column-major semantics on the CPU, so a wrong operand order, transpose or leading dimension
