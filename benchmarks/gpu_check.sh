@@ -83,14 +83,14 @@ stage sync_costs 60 "benchmarks/microbench/sync_costs.cu" \
            && '$WORK/sync_costs' | tee '$WORK/sync_costs.md'"
 
 # 2. CUDA tests
-#    The opt-in resident regimes (and the tuned choice, whose trials run them) in a process of their
-#    own, after the rest: a fault in a kernel that never ran before must not take the validated
-#    tests' CUDA context down with it.
-stage tests 170 "tests/test_cuda.py -k 'not resident and not tuned'" \
-  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "not resident and not tuned" \
+#    The opt-in paths (pytest marker opt_in, tests/conftest.py: the resident regimes, the tuned
+#    choice, the half per-step GEMMs, the GEMM TF32 rule) in a process of their own, after the rest:
+#    a fault in a kernel that never ran before must not take the validated tests' CUDA context down.
+stage tests 170 "tests/test_cuda.py -m 'not opt_in'" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -m "not opt_in" \
   --junitxml="$WORK/test_cuda.xml" -o junit_family=xunit1
-stage tests_resident 120 "tests/test_cuda.py -k 'resident or tuned'" \
-  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -k "resident or tuned" \
+stage tests_resident 150 "tests/test_cuda.py -m opt_in" \
+  "$PY" -m pytest -v --tb=short -rfE -p no:cacheprovider tests/test_cuda.py -m opt_in \
   --junitxml="$WORK/test_cuda_resident.xml" -o junit_family=xunit1
 
 # 3. benchmark (before the sanitizers, so that a slow sanitizer cannot cost the numbers)

@@ -146,8 +146,9 @@ def main():
                  "benchmark states its own setting below |")
     lines += ["", "## Stages", "", "| stage | exit code | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['exit_code']} | {r['seconds']} | {r['note']} |" for r in st]
-    for title, result in (("tests/test_cuda.py (all but the resident regimes)", tr),
-                          ("tests/test_cuda.py -k resident (the opt-in resident regimes)", tr_resident)):
+    for title, result in (("tests/test_cuda.py -m 'not opt_in' (the validated paths)", tr),
+                          ("tests/test_cuda.py -m opt_in (the opt-in paths: resident, tuned, half GEMMs, "
+                           "GEMM TF32 rule)", tr_resident)):
         lines += ["", f"## {title}", ""]
         if "tests" in result:
             lines.append(f"{result['tests']} tests, {result['failures']} failures, {result['errors']} errors, "

@@ -18,6 +18,24 @@ from fused_rnn.reference import rnn_reference
 
 F64, F32 = torch.float64, torch.float32
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "opt_in: exercises a CUDA path that stays opt-in until a GPU run has validated it "
+        "(benchmarks/gpu_check.sh runs these in a pytest process of their own, after the others, so "
+        "that a fault in a kernel that never ran cannot take the validated tests' CUDA context down)")
+
+
+def pytest_collection_modifyitems(items):
+    """In tests/test_cuda.py, opt_in besides where a test says so: every test or case of the
+    SM-resident regimes and of the tuned choice (whose trials run them), named so by convention; and
+    the float16/bfloat16 cases of a forced per-step GEMM regime (cuda/gemm_steps_half.cu)."""
+    for item in items:
+        name = item.name
+        if item.path.name == "test_cuda.py" and (
+                "resident" in name or "tuned" in name or ("gemm" in name and "float16" in name)):
+            item.add_marker(pytest.mark.opt_in)
+
 # float64: parity to 1e-10; float32: 1e-5 relative. The atol is for O(1) values; assert_close_scaled
 # scales it by the reference's largest magnitude (gradients are sums over T*B terms).
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=2e-6)}

@@ -196,6 +196,7 @@ def test_forced_regimes(regime, dtype, B, switch):
     assert ran == regime
 
 
+@pytest.mark.opt_in
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("H,B,nonlinearity,packed", [(300, 64, "tanh", None), (1024, 8, "tanh", None),
                                                      (200, 33, "relu", "unsorted"), (70, 5, "tanh", "sorted")])
@@ -305,6 +306,7 @@ def test_resident_tf32_regime(H, B, T, switch):
     assert ran == "resident_tf32"
 
 
+@pytest.mark.opt_in
 @pytest.mark.skipif(not hasattr(torch.backends.cudnn, "rnn"), reason="this torch has no per-operator TF32 flags")
 @pytest.mark.parametrize("rnn_precision", ["ieee", "tf32"])
 def test_per_operator_tf32_flags(rnn_precision, switch):
@@ -322,6 +324,7 @@ def test_per_operator_tf32_flags(rnn_precision, switch):
     assert ran == ("resident_tf32" if rnn_precision == "tf32" else "resident")
 
 
+@pytest.mark.opt_in
 @pytest.mark.parametrize("regime,H,B,packed", [("gemm", 300, 9, None), ("gemm", 100, 6, "unsorted"),
                                                ("auto", 64, 5, None)])
 def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
