@@ -135,6 +135,7 @@ def environment(args, device):
         env.update(gpu=torch.cuda.get_device_name(0), gpu_sms=props.multi_processor_count,
                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
                    tf32=args.tf32, cuda_regime=args.cuda_regime, gemm_tf32=args.gemm_tf32,
+                   cluster_exchange=fused_rnn._C.get_switch("FUSED_RNN_CUDA_CLUSTER_EXCHANGE"),
                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     try:
@@ -416,7 +417,8 @@ def header_lines(env):
              f"- dtype {', '.join(env['dtypes'])}; TF32 "
              + (f"{env['tf32']} (cudnn.allow_tf32={env['cudnn_allow_tf32']}, "
                 f"cuda.matmul.allow_tf32={env['matmul_allow_tf32']}, FUSED_RNN_CUDA_GEMM_TF32="
-                f"{env.get('gemm_tf32', 'matmul')}); fused regime forced: "
+                f"{env.get('gemm_tf32', 'matmul')}, FUSED_RNN_CUDA_CLUSTER_EXCHANGE="
+                f"{env.get('cluster_exchange', 'barrier')}); fused regime forced: "
                 f"{env.get('cuda_regime', 'auto')}" if env["device"] == "cuda" else "n/a (CPU)"),
              "- Method: correctness check, warm-up, interleaved samples (nn.RNN / fused / ORT), median; "
              + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter")

@@ -59,7 +59,8 @@ def find_cuobjdump():
 
 
 def functions(sass):
-    """{mangled name: [(address, opcode, operands)]} from cuobjdump -sass output."""
+    """{mangled name: [(address, opcode, operands)]} from cuobjdump -sass output. A predicated branch
+    keeps its predicate in the operands ("@P1 0x2c80"): hot_loop tells loop back-edges by it."""
     out, name = {}, None
     for line in sass.splitlines():
         m = re.search(r"Function : (\S+)", line)
@@ -69,7 +70,10 @@ def functions(sass):
             continue
         m = INSTRUCTION.search(line)
         if m and name:
-            out[name].append((int(m.group(1), 16), m.group(3), m.group(4)))
+            operands = m.group(4)
+            if m.group(3).startswith("BRA") and m.group(2):
+                operands = m.group(2).strip() + " " + operands
+            out[name].append((int(m.group(1), 16), m.group(3), operands))
     return out
 
 
@@ -87,10 +91,12 @@ def counts(instructions):
 
 
 def hot_loop(instructions):
-    """Counts of the loop (a backward branch's [target, branch] range) with the most FMA/MMA."""
+    """Counts of the loop (a predicated backward branch's [target, branch] range) with the most
+    FMA/MMA per instruction. An unpredicated backward branch is the return jump of an out-of-line
+    stub (e.g. an mbarrier wait's retry), not a loop: its range would mix loop and tail code."""
     best = None
     for address, op, operands in instructions:
-        if not op.startswith("BRA"):
+        if not op.startswith("BRA") or not operands.startswith("@"):
             continue
         target = re.search(r"0x([0-9a-f]+)", operands)
         if not target or int(target.group(1), 16) >= address:

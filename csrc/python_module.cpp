@@ -187,13 +187,14 @@ PyMethodDef methods[] = {
      "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
     {"set_switch", set_switch, METH_VARARGS,
      "set_switch(name, value): sets a run-time switch (FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, "
-     "FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32) for this process; the environment is read once, at import."},
+     "FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32, FUSED_RNN_CUDA_CLUSTER_EXCHANGE) for this process; the "
+     "environment is read once, at import."},
     {"get_switch", get_switch, METH_VARARGS, "get_switch(name): the current value of a run-time switch."},
     {"cpu_isa_in_use", cpu_isa_in_use, METH_NOARGS,
      "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
     {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
      "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'resident', "
-     "'resident_cluster', 'resident_mma', 'resident_tf32'; '' before any)."},
+     "'resident_cluster', 'resident_cluster_mbarrier', 'resident_mma', 'resident_tf32'; '' before any)."},
     {"tuning_log", tuning_log, METH_NOARGS,
      "FUSED_RNN_CUDA_REGIME=tuned: one line per regime choice made in this process (the kind of call, each "
      "candidate's trial time, the choice)."},

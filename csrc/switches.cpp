@@ -51,15 +51,22 @@ Switch& cuda_gemm_tf32_switch() {
   return s;
 }
 
+Switch& cluster_exchange_switch() {
+  static Switch s("FUSED_RNN_CUDA_CLUSTER_EXCHANGE", {"barrier", "mbarrier"});
+  return s;
+}
+
 // Read at load, not at the first kernel call: the environment of the process start is what counts.
-const bool kReadAtLoad = (cpu_regime_switch(), cpu_isa_switch(), cuda_regime_switch(), cuda_gemm_tf32_switch(), true);
+const bool kReadAtLoad = (cpu_regime_switch(), cpu_isa_switch(), cuda_regime_switch(), cuda_gemm_tf32_switch(),
+                          cluster_exchange_switch(), true);
 
 Switch& by_name(const std::string& name) {
-  for (Switch* s : {&cpu_regime_switch(), &cpu_isa_switch(), &cuda_regime_switch(), &cuda_gemm_tf32_switch()})
+  for (Switch* s : {&cpu_regime_switch(), &cpu_isa_switch(), &cuda_regime_switch(), &cuda_gemm_tf32_switch(),
+                    &cluster_exchange_switch()})
     if (name == s->name) return *s;
   TORCH_CHECK_VALUE(false, "unknown fused_rnn switch '", name,
-                    "': expected FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME or "
-                    "FUSED_RNN_CUDA_GEMM_TF32");
+                    "': expected FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME, "
+                    "FUSED_RNN_CUDA_GEMM_TF32 or FUSED_RNN_CUDA_CLUSTER_EXCHANGE");
 }
 
 }  // namespace
@@ -71,6 +78,9 @@ CudaRegime cuda_regime() {
 }
 CudaGemmTf32 cuda_gemm_tf32() {
   return static_cast<CudaGemmTf32>(cuda_gemm_tf32_switch().choice.load(std::memory_order_relaxed));
+}
+ClusterExchange cluster_exchange() {
+  return static_cast<ClusterExchange>(cluster_exchange_switch().choice.load(std::memory_order_relaxed));
 }
 
 void set(const std::string& name, const std::string& value) {

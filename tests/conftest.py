@@ -72,7 +72,7 @@ def poison():
 @pytest.fixture
 def switch():
     """switch(name, value) sets one of the kernels' run-time switches (switches.h: FUSED_RNN_CPU_REGIME,
-    FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32) through fused_rnn._C.set_switch; after the test every
+    FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32, ...) through fused_rnn._C.set_switch; after the test every
     switch it touched has its previous value again. The library reads the environment variables of
     those names once, when it loads, so setting them in a test would change nothing."""
     previous = {}

@@ -252,12 +252,16 @@ RESIDENT_CLUSTER_CASES = [(193, 3, 6), (256, 64, 5), (256, 300, 4), (300, 2, 100
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
                     reason="thread-block clusters need sm_90")
+@pytest.mark.parametrize("exchange", ["barrier", "mbarrier"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("H,B,T", RESIDENT_CLUSTER_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_CLUSTER_CASES])
-def test_resident_cluster_regime(H, B, T, nonlinearity, switch):
+def test_resident_cluster_regime(H, B, T, nonlinearity, exchange, switch):
+    """The cluster kernels, with each way of handing a step's h to the peers: stores then a cluster
+    barrier, or st.async stores completing on mbarriers (FUSED_RNN_CUDA_CLUSTER_EXCHANGE)."""
     switch("FUSED_RNN_CUDA_REGIME", "resident")
+    switch("FUSED_RNN_CUDA_CLUSTER_EXCHANGE", exchange)
     ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
-    assert ran == "resident_cluster"
+    assert ran == ("resident_cluster" if exchange == "barrier" else "resident_cluster_mbarrier")
 
 
 # The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,
@@ -358,7 +362,8 @@ def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
 
 # What last_cuda_regime() names for each route the tuner times.
 TUNED_ROUTES = {"kernel": {"single", "grid", "step"}, "gemm": {"gemm"},
-                "resident": {"resident", "resident_cluster", "resident_mma", "resident_tf32"}}
+                "resident": {"resident", "resident_cluster", "resident_cluster_mbarrier", "resident_mma",
+                             "resident_tf32"}}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d).split(".")[-1])

@@ -68,6 +68,86 @@ __device__ __forceinline__ void store_in_every_cta(Bits* local, Bits value) {
   }
 }
 
+// ---- the exchange on mbarriers (FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier; sm_90) ---------------------
+// Instead of a cluster barrier after the stores of a step (whose release compiles to MEMBAR.ALL.GPU
+// on sm_90, waiting for the step's global stores too), each store into a peer is an st.async that
+// counts its bytes on the peer's mbarrier, and each CTA waits on its own mbarrier for the bytes of
+// the step. One mbarrier per state buffer (double-buffered state: barrier q for buffer q), arrival
+// count 1: one thread of the CTA arms each phase with the bytes it will receive.
+
+// Initialises *bar with one arrival per phase; then mbarrier_init_visible() before the peers may
+// count on it (followed by a cluster barrier).
+__device__ __forceinline__ void mbarrier_init(unsigned long long* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar)))
+               : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void mbarrier_init_visible() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// The arrival of this phase, expecting `bytes` more from st.async stores (which may have landed
+// already: the transaction count goes negative until the arrival).
+__device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(bar))),
+               "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Waits until the phase of parity `parity` of *bar has completed; acquire at cluster scope, so the
+// peers' st.async data is visible after it.
+__device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(bar));
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}\n"
+        : "=r"(done)
+        : "r"(address), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  __trap();
+#endif
+}
+
+// *local = value (32 bits) in the shared memory of every CTA of the cluster, at the same offset, each
+// store counting its 4 bytes on that CTA's barrier at local_bar's offset.
+template <int C>
+__device__ __forceinline__ void store_async_in_every_cta(unsigned* local, unsigned value,
+                                                         unsigned long long* local_bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(local_bar));
+#pragma unroll
+  for (int r = 0; r < C; ++r) {
+    unsigned remote, remote_bar;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(r));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_bar) : "r"(bar), "r"(r));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote),
+                 "r"(value), "r"(remote_bar)
+                 : "memory");
+  }
+#else
+  __trap();
+#endif
+}
+
 // Launches kernel(args...) on grid in clusters of C CTAs along x (C = 1: a plain launch) and
 // returns true, or returns false without launching when the GPU cannot schedule such a cluster.
 // Sizes over 8 are non-portable: they are allowed explicitly, and an occupancy query that refuses

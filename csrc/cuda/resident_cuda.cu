@@ -110,12 +110,18 @@ __device__ __forceinline__ void lane_matvec(const float (&w)[S::R][S::KPT], cons
   }
 }
 
-template <class S, int BT, bool Backward>
+// Mbar (clusters only): the step's exchange completes on mbarriers instead of a cluster barrier
+// (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier).
+template <class S, int BT, bool Backward, bool Mbar>
 __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
+  static_assert(!Mbar || S::C > 1, "the mbarrier exchange is for clusters");
   constexpr int V = S::R * BT, NF = owned_count<S::KL, V>(), INPUTS = Backward ? 2 : 1;
   extern __shared__ float4 smem4[];
   float* state = reinterpret_cast<float*>(smem4);  // [2][BT][HK]
   float* ring = state + state_words<S, BT>();       // [kRing][INPUTS][NF][NT]
+  // Mbar: one barrier per state buffer, after the ring (smem_bytes is a multiple of 16)
+  unsigned long long* bars =
+      reinterpret_cast<unsigned long long*>(reinterpret_cast<unsigned char*>(smem4) + smem_bytes<S, BT, Backward>());
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp, kl = lane % S::KL;
   const int H = static_cast<int>(p.H), d = static_cast<int>(blockIdx.y);
@@ -179,15 +185,33 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   if (!Backward) {  // h0 into state[0]
     for (int i = tid; i < nb * H; i += S::NT) state[state_index(S::HK, BT, 0, i / H, i % H)] = h_in[(c0 + i / H) * H + i % H];
   }
+  if constexpr (Mbar) {
+    if (tid == 0) {
+      mbarrier_init(bars);
+      mbarrier_init(bars + 1);
+      mbarrier_init_visible();
+    }
+  }
 #pragma unroll
   for (int s = 0; s < kPrefetch; ++s) issue(s);
-  step_barrier<S::C>();  // a cluster's peers write into this state only once it is initialised
+  step_barrier<S::C>();  // a cluster's peers write into this state (and count on its barriers) only once it is initialised
 
+  // Mbar: the bytes each CTA receives a step, every (batch row < nb, unit < H) of state[s + 1] once
+  const unsigned step_bytes = static_cast<unsigned>(nb) * static_cast<unsigned>(H) * 4u;
   float m[V];
   for (int64_t s = 0; s < T; ++s) {
     issue(s + kPrefetch);
+    if constexpr (Mbar) {
+      // state[s] was filled at step s - 1: phase (s - 1) / 2 of its buffer's barrier (state[0]: h0)
+      if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
+      // arm the phase that step s fills (its previous phase was waited for at step s - 1)
+      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes);
+    }
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, s, 0, 0), lane, m);
     reduce_stage<S::KL, V, 1>(m, lane);
+    // Mbar: every warp's reads of state[s] come before this CTA's stores of the step, so a peer
+    // holding all of them (it is at step s + 1) may overwrite state[s] of this CTA
+    if constexpr (Mbar) __syncthreads();
     wait_copies<kPrefetch>();
     const int64_t offset = s * stride;
 #pragma unroll
@@ -205,9 +229,17 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
         v = p.relu ? (y <= 0.f ? 0.f : g) : g * (1.f - y * y);
       }
       buf[first[i] + offset] = v;
-      store_in_every_cta<S::C>(reinterpret_cast<unsigned*>(state) + state_index(S::HK, BT, s + 1, b, j), __float_as_uint(v));
+      unsigned* slot = reinterpret_cast<unsigned*>(state) + state_index(S::HK, BT, s + 1, b, j);
+      if constexpr (Mbar) {
+        store_async_in_every_cta<S::C>(slot, __float_as_uint(v), bars + ((s + 1) & 1));
+      } else {
+        store_in_every_cta<S::C>(slot, __float_as_uint(v));
+      }
     }
-    step_barrier<S::C>();
+    if constexpr (!Mbar) step_barrier<S::C>();
+  }
+  if constexpr (Mbar) {  // state[T] complete: every store into this CTA has landed
+    if (T > 0) mbarrier_wait(bars + (T & 1), static_cast<unsigned>((T - 1) >> 1) & 1u);
   }
   if constexpr (Backward) {  // dh0 = M·δ of the last processed step (t = 0 forward order)
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, T, 0, 0), lane, m);
@@ -217,13 +249,14 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
       if (own[i]) h_out[(c0 + own_b[i]) * H + own_j[i]] = m[i];
   }
   wait_copies<0>();  // no copy outlives the CTA (the groups past T are empty)
+  if constexpr (Mbar) step_barrier<S::C>();  // no CTA of the cluster leaves before its peers are done
 }
 
 // Launches, or returns false without launching when the GPU cannot schedule the cluster.
-template <class S, int BT, bool Backward>
+template <class S, int BT, bool Backward, bool Mbar>
 bool launch(const RecParams& p, cudaStream_t stream) {
-  auto kernel = &resident_kernel<S, BT, Backward>;
-  constexpr int64_t smem = smem_bytes<S, BT, Backward>();
+  auto kernel = &resident_kernel<S, BT, Backward, Mbar>;
+  constexpr int64_t smem = smem_bytes<S, BT, Backward>() + (Mbar ? 2 * sizeof(unsigned long long) : 0);
   static_assert(smem <= 227 * 1024, "shared memory over an sm_80/sm_90 CTA's limit");
   if constexpr (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -238,17 +271,28 @@ bool launch_resident(const RecParams& p, int sms, bool clusters, cudaStream_t st
   if (p.steps != nullptr || p.H > kMaxHidden) return false;  // packed input: the general kernels
   const Plan plan_ = plan(p.H, p.B, p.D, sms, clusters);
   if (plan_.shape < 0) return false;
-  bool launched = false;
+  bool launched = false, exchanged_on_mbarriers = false;
   with_shape(plan_.shape, [&](auto shape) {
     using S = decltype(shape);
     with_batch_tile(plan_.bt, [&](auto btc) {
       constexpr int BT = decltype(btc)::value;
       if constexpr (BT <= S::MaxBT) {
-        launched = p.backward ? launch<S, BT, true>(p, stream) : launch<S, BT, false>(p, stream);
+        if constexpr (S::C > 1) {
+          if (switches::cluster_exchange() == switches::ClusterExchange::Mbarrier) {
+            launched = p.backward ? launch<S, BT, true, true>(p, stream) : launch<S, BT, false, true>(p, stream);
+            exchanged_on_mbarriers = launched;
+            return;
+          }
+        }
+        launched = p.backward ? launch<S, BT, true, false>(p, stream) : launch<S, BT, false, false>(p, stream);
       }
     });
   });
-  if (launched) switches::record_cuda_regime(plan_.cluster > 1 ? "resident_cluster" : "resident");
+  if (launched) {
+    switches::record_cuda_regime(exchanged_on_mbarriers ? "resident_cluster_mbarrier"
+                                 : plan_.cluster > 1    ? "resident_cluster"
+                                                        : "resident");
+  }
   return launched;
 }
 
