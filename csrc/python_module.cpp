@@ -27,14 +27,12 @@
 #include <vector>
 
 #include "cpu/recurrence_cpu.h"
+#ifdef FUSED_RNN_WITH_CUDA
+#include "cuda/cublas_gemm.h"
+#endif
 #include "op_handles.h"
 #include "switches.h"
 
-#ifdef FUSED_RNN_WITH_CUDA
-namespace fused_rnn::cuda {
-bool cublas_available();  // cuda/cublas_gemm.cu
-}  // namespace fused_rnn::cuda
-#endif
 
 namespace {
 

@@ -8,6 +8,7 @@
 // Two launches a step, both made directly (no ATen dispatch per step), against ATen's path
 // (recurrence_gemm.cpp: an addmm_ that rounds pre_t + h·W_hhᵀ to the half type, then tanh_ in place,
 // then a copy for hy). The BPTT's dh0 rows are one more GEMM with a half result where sequences begin.
+#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -146,11 +147,9 @@ bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const 
   const c10::cuda::CUDAGuard guard(out.device());
   const at::Tensor acc = at::empty({B, H}, out.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (out.scalar_type() == at::kHalf) {
-    forward<c10::Half>(out, h0, w_hh, lay, relu, hy, acc, stream);
-  } else {
-    forward<c10::BFloat16>(out, h0, w_hh, lay, relu, hy, acc, stream);
-  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "fused_rnn_gemm_steps_half_forward", [&] {
+    forward<scalar_t>(out, h0, w_hh, lay, relu, hy, acc, stream);
+  });
   return true;
 }
 
@@ -162,11 +161,9 @@ bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const
   const c10::cuda::CUDAGuard guard(dpre.device());
   const at::Tensor acc = at::empty({B, H}, dpre.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (dpre.scalar_type() == at::kHalf) {
-    backward<c10::Half>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
-  } else {
-    backward<c10::BFloat16>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
-  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(dpre.scalar_type(), "fused_rnn_gemm_steps_half_backward", [&] {
+    backward<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
+  });
   return true;
 }
 

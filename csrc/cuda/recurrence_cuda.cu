@@ -4,7 +4,6 @@
 // struct once per call, dispatches on dtype and instantiates the float/double launchers.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
