@@ -2,6 +2,7 @@
 // (ops.cpp, autograd.cpp, cuda/). It also offers:
 //   with_cuda()       whether the CUDA kernels were compiled in
 //   cublas_found()    whether the CUDA build's direct cuBLAS calls found their entry point
+//   clear_step_graphs()  drops the half GEMM regime's recorded CUDA graphs (FUSED_RNN_CUDA_GEMM_GRAPH)
 //   parallel_threads_used()  how many threads one at::parallel_for in this library spreads over:
 //                     a build check (compiled without -fopenmp, parallel_for runs on the caller only)
 //   rnn_forward(...)  the rnn_forward op, same arguments and results as torch.ops.fused_rnn.rnn_forward
@@ -29,6 +30,7 @@
 #include "cpu/recurrence_cpu.h"
 #ifdef FUSED_RNN_WITH_CUDA
 #include "cuda/cublas_gemm.h"
+#include "cuda/gemm_steps_half.h"
 #endif
 #include "op_handles.h"
 #include "switches.h"
@@ -51,6 +53,18 @@ PyObject* cublas_found(PyObject*, PyObject*) {
   if (fused_rnn::cuda::cublas_available()) Py_RETURN_TRUE;
 #endif
   Py_RETURN_FALSE;
+}
+
+// FUSED_RNN_CUDA_GEMM_GRAPH=reuse keeps up to 16 recorded step loops with staged copies of their
+// tensors; this frees them (after synchronising their devices) and returns how many; 0 without CUDA.
+PyObject* clear_step_graphs(PyObject*, PyObject*) {
+  HANDLE_TH_ERRORS
+  int64_t dropped = 0;
+#ifdef FUSED_RNN_WITH_CUDA
+  dropped = fused_rnn::cuda::clear_step_graphs();
+#endif
+  return PyLong_FromLongLong(dropped);
+  END_HANDLE_TH_ERRORS
 }
 
 PyObject* parallel_threads_used(PyObject*, PyObject*) {
@@ -179,20 +193,23 @@ PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled in."},
     {"cublas_found", cublas_found, METH_NOARGS,
      "True if the direct cuBLAS calls of the CUDA build found cublasGemmEx in the process (no GPU needed)."},
+    {"clear_step_graphs", clear_step_graphs, METH_NOARGS,
+     "Frees the CUDA graphs FUSED_RNN_CUDA_GEMM_GRAPH=reuse recorded and their staging tensors, after "
+     "synchronising their devices; returns how many it freed (0 in a build without CUDA)."},
     {"parallel_threads_used", parallel_threads_used, METH_NOARGS,
      "Threads one at::parallel_for in this library runs on (1 if built without OpenMP)."},
     {"rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)), METH_FASTCALL,
      "torch.ops.fused_rnn.rnn_forward without torch.ops' argument parsing (see python_module.cpp)."},
     {"set_switch", set_switch, METH_VARARGS,
      "set_switch(name, value): sets a run-time switch (FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, "
-     "FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32, FUSED_RNN_CUDA_CLUSTER_EXCHANGE) for this process; the "
-     "environment is read once, at import."},
+     "FUSED_RNN_CUDA_REGIME, FUSED_RNN_CUDA_GEMM_TF32, FUSED_RNN_CUDA_CLUSTER_EXCHANGE, "
+     "FUSED_RNN_CUDA_GEMM_GRAPH) for this process; the environment is read once, at import."},
     {"get_switch", get_switch, METH_VARARGS, "get_switch(name): the current value of a run-time switch."},
     {"cpu_isa_in_use", cpu_isa_in_use, METH_NOARGS,
      "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
     {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
-     "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'resident', "
-     "'resident_cluster', 'resident_cluster_mbarrier', 'resident_mma', 'resident_tf32'; '' before any)."},
+     "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'gemm_graph', "
+     "'resident', 'resident_cluster', 'resident_cluster_mbarrier', 'resident_mma', 'resident_tf32'; '' before any)."},
     {"tuning_log", tuning_log, METH_NOARGS,
      "FUSED_RNN_CUDA_REGIME=tuned: one line per regime choice made in this process (the kind of call, each "
      "candidate's trial time, the choice)."},

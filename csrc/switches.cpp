@@ -56,17 +56,22 @@ Switch& cluster_exchange_switch() {
   return s;
 }
 
+Switch& gemm_graph_switch() {
+  static Switch s("FUSED_RNN_CUDA_GEMM_GRAPH", {"off", "reuse"});
+  return s;
+}
+
 // Read at load, not at the first kernel call: the environment of the process start is what counts.
 const bool kReadAtLoad = (cpu_regime_switch(), cpu_isa_switch(), cuda_regime_switch(), cuda_gemm_tf32_switch(),
-                          cluster_exchange_switch(), true);
+                          cluster_exchange_switch(), gemm_graph_switch(), true);
 
 Switch& by_name(const std::string& name) {
   for (Switch* s : {&cpu_regime_switch(), &cpu_isa_switch(), &cuda_regime_switch(), &cuda_gemm_tf32_switch(),
-                    &cluster_exchange_switch()})
+                    &cluster_exchange_switch(), &gemm_graph_switch()})
     if (name == s->name) return *s;
   TORCH_CHECK_VALUE(false, "unknown fused_rnn switch '", name,
                     "': expected FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME, "
-                    "FUSED_RNN_CUDA_GEMM_TF32 or FUSED_RNN_CUDA_CLUSTER_EXCHANGE");
+                    "FUSED_RNN_CUDA_GEMM_TF32, FUSED_RNN_CUDA_CLUSTER_EXCHANGE or FUSED_RNN_CUDA_GEMM_GRAPH");
 }
 
 }  // namespace
@@ -82,6 +87,7 @@ CudaGemmTf32 cuda_gemm_tf32() {
 ClusterExchange cluster_exchange() {
   return static_cast<ClusterExchange>(cluster_exchange_switch().choice.load(std::memory_order_relaxed));
 }
+GemmGraph gemm_graph() { return static_cast<GemmGraph>(gemm_graph_switch().choice.load(std::memory_order_relaxed)); }
 
 void set(const std::string& name, const std::string& value) {
   Switch& s = by_name(name);

@@ -10,6 +10,10 @@
 //                          kernel (FFMA, float32) hand each other a step's h: stores then a cluster
 //                          barrier, or st.async stores completing on mbarriers (cluster.cuh; opt-in
 //                          until a GPU run has measured both)
+//   FUSED_RNN_CUDA_GEMM_GRAPH off (default) | reuse: reuse records the float16/bfloat16 per-step GEMM
+//                          regime's step loop into a CUDA graph on the second call of a kind and
+//                          replays it on staged copies of each later call's tensors
+//                          (gemm_steps_half.cu, staged_replay.h; opt-in until a GPU run has validated it)
 //   FUSED_RNN_CUDA_GEMM_TF32 matmul (default) | rnn: which flags let the CUDA stack's float32 GEMMs
 //                          (projections, gradients, the per-step GEMM regime) use TF32. matmul: both
 //                          cuDNN's RNN flag and torch.backends.cuda.matmul's; rnn: the RNN flag alone,
@@ -27,20 +31,22 @@ enum class CpuIsa { Auto, Avx2, Baseline };
 enum class CudaRegime { Auto, Grid, Step, Gemm, Resident, Tuned };
 enum class CudaGemmTf32 { Matmul, Rnn };
 enum class ClusterExchange { Barrier, Mbarrier };
+enum class GemmGraph { Off, Reuse };
 
 CpuRegime cpu_regime();
 CpuIsa cpu_isa();
 CudaRegime cuda_regime();
 CudaGemmTf32 cuda_gemm_tf32();
 ClusterExchange cluster_exchange();
+GemmGraph gemm_graph();
 
 // name: one of the variables above; value: one of its values. Throws c10::ValueError otherwise.
 void set(const std::string& name, const std::string& value);
 std::string get(const std::string& name);
 
 // What ran, for tests and debugging: the regime of the last CUDA recurrence this thread launched
-// ("single", "grid", "step", "gemm", "resident", "resident_cluster", "resident_cluster_mbarrier",
-// "resident_mma" or "resident_tf32"; "" before any).
+// ("single", "grid", "step", "gemm", "gemm_graph", "resident", "resident_cluster",
+// "resident_cluster_mbarrier", "resident_mma" or "resident_tf32"; "" before any).
 void record_cuda_regime(const char* regime);
 const char* last_cuda_regime();
 

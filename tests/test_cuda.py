@@ -209,6 +209,86 @@ def test_forced_gemm_path_in_half_types(H, B, nonlinearity, packed, dtype, switc
                    packed=packed) == "gemm"
 
 
+def _half_gemm_calls(fused, dtype, T, B, I, packed, calls):
+    """calls training steps of fused on fresh data: [(results, regime of the last launch)]."""
+    D, H, L = 2, fused.hidden_size, fused.num_layers
+    torch.manual_seed(7)
+    data = []
+    for _ in range(calls):
+        x = cast(make_input(T, B, I, packed), dtype)
+        rows = x.data.shape[:-1] if packed else x.shape[:-1]
+        data.append((x, torch.randn(L * D, B, H, device=DEV, dtype=dtype),
+                     torch.randn(*rows, D * H, device=DEV, dtype=F64), torch.randn(L * D, B, H, device=DEV, dtype=F64)))
+    results = []
+    for x, hx, g_out, g_hn in data:
+        fused.zero_grad()
+        results.append((cuda_run(fused, x, hx, g_out, g_hn), fused_rnn._C.last_cuda_regime()))
+    return results
+
+
+@pytest.mark.opt_in
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("packed", [None, "unsorted"], ids=["dense", "packed"])
+def test_half_gemm_graph_replays_match_eager(dtype, packed, switch):
+    """FUSED_RNN_CUDA_GEMM_GRAPH=reuse (opt-in; gemm_steps_half.cu, staged_replay.h): a kind's first
+    call runs eagerly, its second records the step loop into a CUDA graph, later ones replay it on
+    staged copies of their own tensors. Four training steps on fresh data give eager's results (the
+    same kernels; cuBLAS may pick another algorithm for the capture stream's workspace, hence a
+    tolerance of a few roundings), and the regime names what ran."""
+    switch("FUSED_RNN_CUDA_REGIME", "gemm")
+    _, _, fused = modules(dtype, 24, 96, num_layers=2, bidirectional=True)
+    fused_rnn._C.clear_step_graphs()
+    eager = _half_gemm_calls(fused, dtype, 9, 6, 24, packed, 4)
+    assert {regime for _, regime in eager} == {"gemm"}
+    switch("FUSED_RNN_CUDA_GEMM_GRAPH", "reuse")
+    try:
+        graphed = _half_gemm_calls(fused, dtype, 9, 6, 24, packed, 4)
+        # Both layers are one kind per pass: call 1's second layer already records it.
+        assert [regime for _, regime in graphed] == ["gemm_graph"] * 4
+        assert fused_rnn._C.clear_step_graphs() == 2  # the forward's kind and the BPTT's
+        assert fused_rnn._C.clear_step_graphs() == 0
+    finally:
+        fused_rnn._C.clear_step_graphs()
+    for (e, _), (g, _) in zip(eager, graphed):
+        for name, value in e.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                scale = max(1.0, value.abs().max().item())
+                torch.testing.assert_close(g[name], value, rtol=2e-2, atol=ATOL[dtype] * scale, msg=name)
+
+
+@pytest.mark.opt_in
+def test_half_gemm_graph_within_cudnn_rule_and_inside_a_user_capture(switch):
+    """With graphs on, the 2x rule against cuDNN holds on a replayed call; inside a user's CUDA graph
+    capture the loop is not recorded again (its launches go into the user's graph) and the user's
+    replay equals an eager call."""
+    switch("FUSED_RNN_CUDA_REGIME", "gemm")
+    switch("FUSED_RNN_CUDA_GEMM_GRAPH", "reuse")
+    try:
+        for _ in range(3):
+            regime = compare(dtype=torch.float16, H=200, B=16, T=7, num_layers=1, bidirectional=True)
+        assert regime == "gemm_graph"
+        _, _, fused = modules(torch.float16, 5, 64, num_layers=2, bidirectional=True)
+        static_x = torch.randn(16, 4, 5, device=DEV, dtype=torch.float16)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(3):
+                fused(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_out, _ = fused(static_x)
+        assert fused_rnn._C.last_cuda_regime() == "gemm"
+        static_x.copy_(torch.randn_like(static_x))
+        graph.replay()
+        switch("FUSED_RNN_CUDA_GEMM_GRAPH", "off")
+        with torch.no_grad():
+            out, _ = fused(static_x)
+        torch.testing.assert_close(static_out, out, rtol=2e-2, atol=1e-3)
+    finally:
+        fused_rnn._C.clear_step_graphs()
+
+
 # The SM-resident regime (csrc/cuda/resident_cuda.cu), forced: every shape of resident_layout.h
 # (H up to 32, 64, 128, 192), sizes just past a shape's capacity, batch tiles of 1, 2 and 8 rows on a
 # 132-SM GPU (B = 300 with two directions: 2 rows; B = 5000: 8 rows in waves), long sequences

@@ -1,5 +1,5 @@
 """The kernels' run-time switches FUSED_RNN_CPU_REGIME, FUSED_RNN_CPU_ISA, FUSED_RNN_CUDA_REGIME,
-FUSED_RNN_CUDA_GEMM_TF32 and FUSED_RNN_CUDA_CLUSTER_EXCHANGE:
+FUSED_RNN_CUDA_GEMM_TF32, FUSED_RNN_CUDA_CLUSTER_EXCHANGE and FUSED_RNN_CUDA_GEMM_GRAPH:
 read from the environment once, when the library loads; set and read back through fused_rnn._C (what
 conftest's `switch` fixture uses); unknown names and values refused; the ISA switch reaching the CPU
 kernels. Plus a build check of the CPU kernels' threads. What the regime switches route where:
@@ -20,6 +20,7 @@ SWITCHES = {
     "FUSED_RNN_CUDA_REGIME": ("auto", "grid", "step", "gemm", "resident", "tuned"),
     "FUSED_RNN_CUDA_GEMM_TF32": ("matmul", "rnn"),
     "FUSED_RNN_CUDA_CLUSTER_EXCHANGE": ("barrier", "mbarrier"),
+    "FUSED_RNN_CUDA_GEMM_GRAPH": ("off", "reuse"),
 }
 
 
@@ -46,7 +47,8 @@ import os
 import fused_rnn
 C = fused_rnn._C
 print(*(C.get_switch(n) for n in ("FUSED_RNN_CPU_ISA", "FUSED_RNN_CPU_REGIME", "FUSED_RNN_CUDA_REGIME",
-                                  "FUSED_RNN_CUDA_GEMM_TF32", "FUSED_RNN_CUDA_CLUSTER_EXCHANGE")),
+                                  "FUSED_RNN_CUDA_GEMM_TF32", "FUSED_RNN_CUDA_CLUSTER_EXCHANGE",
+                                  "FUSED_RNN_CUDA_GEMM_GRAPH")),
       C.cpu_isa_in_use())
 os.environ["FUSED_RNN_CPU_ISA"] = "auto"
 print(C.get_switch("FUSED_RNN_CPU_ISA"), C.cpu_isa_in_use())
@@ -57,10 +59,11 @@ def test_environment_is_read_once_at_load():
     """A process started with the variables set begins with their values (an unknown one: the default);
     changing the environment afterwards changes nothing."""
     env = dict(os.environ, FUSED_RNN_CPU_ISA="baseline", FUSED_RNN_CPU_REGIME="gemm", FUSED_RNN_CUDA_REGIME="fast",
-               FUSED_RNN_CUDA_GEMM_TF32="rnn", FUSED_RNN_CUDA_CLUSTER_EXCHANGE="mbarrier")
+               FUSED_RNN_CUDA_GEMM_TF32="rnn", FUSED_RNN_CUDA_CLUSTER_EXCHANGE="mbarrier",
+               FUSED_RNN_CUDA_GEMM_GRAPH="reuse")
     proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == ["baseline gemm auto rnn mbarrier baseline", "baseline baseline"]
+    assert proc.stdout.splitlines() == ["baseline gemm auto rnn mbarrier reuse baseline", "baseline baseline"]
 
 
 def test_isa_switch_takes_effect(switch):

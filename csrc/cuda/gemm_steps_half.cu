@@ -8,7 +8,14 @@
 // Two launches a step, both made directly (no ATen dispatch per step), against ATen's path
 // (recurrence_gemm.cpp: an addmm_ that rounds pre_t + h·W_hhᵀ to the half type, then tanh_ in place,
 // then a copy for hy). The BPTT's dh0 rows are one more GEMM with a half result where sequences begin.
+//
+// FUSED_RNN_CUDA_GEMM_GRAPH=reuse: the step loop runs from a CUDA graph, recorded on the second call
+// of a kind and replayed on staged copies of each later call's tensors (staged_replay.h), so the
+// host's per-step work (the launches, cuBLAS's own call overhead) is paid once per kind instead of
+// per step. Not while the caller's stream is being captured (then the launches go into the caller's
+// graph), nor for fewer than kGraphMinSteps steps.
 #include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -18,10 +25,18 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <vector>
 
 #include "cuda/activation.cuh"
 #include "cuda/cublas_gemm.h"
 #include "cuda/gemm_steps_half.h"
+#include "staged_replay.h"
+#include "switches.h"
 
 namespace fused_rnn {
 namespace cuda {
@@ -137,6 +152,88 @@ void backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy
 
 bool half_type(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 
+// The passes as staged_replay.h's step loops: the fp32 scratch allocated in the pass (in a capture,
+// from the graph's private pool, which keeps it for the replays), on the current stream.
+template <typename T>
+void forward_steps(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh, const StepLayout& lay,
+                   bool relu, const at::Tensor& hy) {
+  const at::Tensor acc = at::empty({h0.size(1), w_hh.size(2)}, out.options().dtype(at::kFloat));
+  forward<T>(out, h0, w_hh, lay, relu, hy, acc, c10::cuda::getCurrentCUDAStream().stream());
+}
+
+template <typename T>
+void backward_steps(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy, const at::Tensor& w_hh,
+                    const StepLayout& lay, bool relu, const at::Tensor& dh0) {
+  const at::Tensor acc = at::empty({ghy.size(1), w_hh.size(2)}, dpre.options().dtype(at::kFloat));
+  backward<T>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, c10::cuda::getCurrentCUDAStream().stream());
+}
+
+// Fewer steps than this run eagerly: the staging copies and the graph launch cost about what a
+// few steps' launches do.
+constexpr int64_t kGraphMinSteps = 4;
+// Kinds recorded per process at most (each keeps a graph and a staged copy of its tensors).
+constexpr size_t kMaxGraphs = 16;
+
+// Never destroyed: a graph's destruction at exit could come after CUDA's teardown.
+StagedReplay& graph_cache() {
+  static StagedReplay* const cache = new StagedReplay(kMaxGraphs);
+  return *cache;
+}
+
+std::mutex graph_devices_mutex;
+std::set<c10::DeviceIndex>& graph_devices() {  // devices with recordings, for clear_step_graphs()
+  static std::set<c10::DeviceIndex>* const devices = new std::set<c10::DeviceIndex>();
+  return *devices;
+}
+
+// A step loop captured into a CUDA graph on a side stream of the pool (capture cannot use the
+// default stream), in thread-local mode (another thread's unsafe calls do not invalidate it),
+// replayed on the current stream. at::cuda::CUDAGraph gives it a private memory pool, as
+// torch.cuda.graph does.
+class CapturedSteps final : public StagedReplay::Recording {
+ public:
+  explicit CapturedSteps(const std::function<void()>& body) {
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, c10::cuda::current_device());
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    graph_.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    try {
+      body();
+    } catch (...) {
+      try {
+        graph_.capture_end();  // leaves the stream and the allocator out of capture; the graph is dropped
+      } catch (...) {
+      }
+      throw;
+    }
+    graph_.capture_end();
+    const std::lock_guard<std::mutex> lock(graph_devices_mutex);
+    graph_devices().insert(side.device_index());
+  }
+  void replay() override { graph_.replay(); }
+
+ private:
+  at::cuda::CUDAGraph graph_;
+};
+
+std::unique_ptr<StagedReplay::Recording> capture_steps(std::function<void()> body) {
+  return std::make_unique<CapturedSteps>(body);
+}
+
+// The switch asks for graphs, the loop is long enough, and the stream is not being captured. Then
+// the kind's context: the device and the stream (a kind's staging tensors are used in its order).
+std::optional<std::vector<int64_t>> graph_context(const StepLayout& lay, const at::Device& device) {
+  if (switches::gemm_graph() != switches::GemmGraph::Reuse || lay.T < kGraphMinSteps) return std::nullopt;
+  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(device.index());
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capture));
+  if (capture != cudaStreamCaptureStatusNone) return std::nullopt;
+  return std::vector<int64_t>{device.index(), stream.id()};
+}
+
+void record_graph_regime(StagedReplay::Outcome o) {
+  if (o != StagedReplay::Outcome::Eager) switches::record_cuda_regime("gemm_graph");
+}
+
 }  // namespace
 
 bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_hh,
@@ -145,10 +242,14 @@ bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const 
   const int64_t B = h0.size(1), H = w_hh.size(2);
   if (B == 0 || H == 0 || out.size(0) == 0) return true;
   const c10::cuda::CUDAGuard guard(out.device());
-  const at::Tensor acc = at::empty({B, H}, out.options().dtype(at::kFloat));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "fused_rnn_gemm_steps_half_forward", [&] {
-    forward<scalar_t>(out, h0, w_hh, lay, relu, hy, acc, stream);
+    StagedReplay::Outcome o = StagedReplay::Outcome::Eager;
+    if (std::optional<std::vector<int64_t>> context = graph_context(lay, out.device())) {
+      o = replay_forward_steps(graph_cache(), std::move(*context), out, h0, w_hh, lay, relu, hy,
+                               forward_steps<scalar_t>, capture_steps);
+    }
+    if (o == StagedReplay::Outcome::Eager) forward_steps<scalar_t>(out, h0, w_hh, lay, relu, hy);
+    record_graph_regime(o);
   });
   return true;
 }
@@ -159,12 +260,28 @@ bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const
   const int64_t B = ghy.size(1), H = w_hh.size(2);
   if (B == 0 || H == 0 || dpre.size(0) == 0) return true;
   const c10::cuda::CUDAGuard guard(dpre.device());
-  const at::Tensor acc = at::empty({B, H}, dpre.options().dtype(at::kFloat));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(dpre.scalar_type(), "fused_rnn_gemm_steps_half_backward", [&] {
-    backward<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0, acc, stream);
+    StagedReplay::Outcome o = StagedReplay::Outcome::Eager;
+    if (std::optional<std::vector<int64_t>> context = graph_context(lay, dpre.device())) {
+      o = replay_backward_steps(graph_cache(), std::move(*context), dpre, y, ghy, w_hh, lay, relu, dh0,
+                                backward_steps<scalar_t>, capture_steps);
+    }
+    if (o == StagedReplay::Outcome::Eager) backward_steps<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0);
+    record_graph_regime(o);
   });
   return true;
+}
+
+int64_t clear_step_graphs() {
+  const std::lock_guard<std::mutex> lock(graph_devices_mutex);
+  for (const c10::DeviceIndex d : graph_devices()) {  // no replay may be pending when a graph goes
+    const c10::cuda::CUDAGuard guard(d);
+    C10_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  graph_devices().clear();
+  const int64_t dropped = static_cast<int64_t>(graph_cache().recorded());
+  graph_cache().clear();
+  return dropped;
 }
 
 }  // namespace cuda

@@ -17,5 +17,9 @@ bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const 
 bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const at::Tensor& ghy,
                               const at::Tensor& w_hh, const StepLayout& lay, bool relu, const at::Tensor& dh0);
 
+// FUSED_RNN_CUDA_GEMM_GRAPH=reuse: drops every recorded step loop and its staging tensors, after
+// synchronising the devices they ran on; returns how many it dropped (fused_rnn._C.clear_step_graphs).
+int64_t clear_step_graphs();
+
 }  // namespace cuda
 }  // namespace fused_rnn

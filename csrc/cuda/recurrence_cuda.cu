@@ -140,6 +140,7 @@ bool run_route(Route r, const LayerCall& c) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   switch (r) {
     case Route::Gemm:
+      switches::record_cuda_regime("gemm");  // or gemm_graph, recorded by the half regime's replay
       if (c.backward) {
         if (!cuda::gemm_steps_half_backward(c.buf, c.y, c.h_in, c.w_hh, c.lay, c.relu, c.h_out)) {
           recurrence_backward_gemm(c.buf, c.y, c.h_in, c.w_hh, c.lay, c.relu, c.h_out, gemm_cuda);
@@ -147,7 +148,6 @@ bool run_route(Route r, const LayerCall& c) {
       } else if (!cuda::gemm_steps_half_forward(c.buf, c.h_in, c.w_hh, c.lay, c.relu, c.h_out)) {
         recurrence_forward_gemm(c.buf, c.h_in, c.w_hh, c.lay, c.relu, c.h_out, gemm_cuda);
       }
-      switches::record_cuda_regime("gemm");
       return true;
     case Route::Resident:
       return launch_resident_regime(rec_params(c), c.buf.scalar_type(), stream);
