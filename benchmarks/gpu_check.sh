@@ -148,11 +148,15 @@ for run in "resident off" "auto off" "resident on" "auto on"; do
     --shapes "$RESIDENT_SHAPES" --out "$WORK/bench_resident_$1_tf32_$2"
 done
 #     the float32 cluster shapes again with the exchange on mbarriers (st.async, no cluster barrier;
-#     FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) beside bench_resident_resident_tf32_off's cluster barrier
-stage "bench_resident_mbarrier_tf32_off" 45 "--cuda-regime resident, cluster exchange on mbarriers, H 256 and 512" \
-  env FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 \
-  --tf32 off --cuda-regime resident --shapes "1,128,256,256 64,128,256,256 256,128,256,256 1,128,512,512 64,128,512,512" \
-  --out "$WORK/bench_resident_mbarrier_tf32_off"
+#     FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) beside bench_resident_resident_tf32_{off,on}'s cluster
+#     barrier: TF32 off the FFMA cluster kernel, on the TF32 tensor-core one
+for tf32 in off on; do
+  stage "bench_resident_mbarrier_tf32_$tf32" 45 "--cuda-regime resident --tf32 $tf32, exchange on mbarriers, H 256, 512" \
+    env FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float32 \
+    --tf32 "$tf32" --cuda-regime resident \
+    --shapes "1,128,256,256 64,128,256,256 256,128,256,256 1,128,512,512 64,128,512,512" \
+    --out "$WORK/bench_resident_mbarrier_tf32_$tf32"
+done
 #     float16 / bfloat16 on the tensor-core resident kernel (one CTA to H = 256, clusters to 1024)
 #     against the default regime
 RESIDENT_HALF_SHAPES="1,128,64,64 64,128,64,64 256,128,64,64 64,128,128,128 1,128,256,256 8,128,256,256

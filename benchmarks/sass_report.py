@@ -86,6 +86,13 @@ def counts(instructions):
                 c[column] += 1
         if op.startswith(CLUSTER_PREFIXES):
             c["grid/cluster sync"] += 1
+        # the mbarrier exchange's own (counted, not tabled): GPU-scope fences, mbarrier waits, st.async
+        if op.startswith(("MEMBAR.ALL.GPU", "MEMBAR.SC.GPU")):
+            c["GPU membar"] += 1
+        if op.startswith("SYNCS.PHASECHK"):
+            c["mbarrier waits"] += 1
+        if base == "STAS":
+            c["STAS"] += 1
     c["instructions"] = len(instructions)
     return c
 
@@ -134,6 +141,14 @@ def mma_expectations(name):
     return {"MMA": int(m.group(1)), "barriers_per_step": 2 if int(m.group(2)) > 1 else 1} if m else None
 
 
+def exchanges_on_mbarriers(name):
+    """Whether a resident kernel hands a step's h to its cluster peers on mbarriers: the Mbar template
+    argument, last of resident_kernel<Shape<...>, BT, Backward, Mbar> and of
+    resident_mma_kernel<T, KT, KP, C, Backward, Mbar>."""
+    return bool(re.search(r"resident_kernel<Shape<[^>]*>, \d+, (?:true|false), true>$", name)
+                or re.search(r"resident_mma_kernel<\w+, \d+, \d+, \d+, (?:true|false), true>$", name))
+
+
 def check(name, loop):
     """Broken expectations of one kernel's hot loop, as text (empty: it meets them or has none). The
     compiler may unroll the step loop, so the loop holds `steps` steps, one barrier each: the
@@ -154,6 +169,11 @@ def check(name, loop):
     for column in ("MMA", "SHFL"):
         if column in want and loop[column] != steps * want[column]:
             bad.append(f"{loop[column]} {column} over {steps} step(s), expected {steps} x {want[column]}")
+    if exchanges_on_mbarriers(name):  # the exchange's point: no GPU-scope fence in the step loop
+        if loop["GPU membar"]:
+            bad.append(f"{loop['GPU membar']} GPU-scope MEMBAR in the step loop of an mbarrier exchange")
+        if loop["mbarrier waits"] < steps or not loop["STAS"]:
+            bad.append(f"{loop['mbarrier waits']} mbarrier waits and {loop['STAS']} st.async over {steps} step(s)")
     return bad
 
 
@@ -164,7 +184,8 @@ def main():
     p.add_argument("--out", default=None, help="also write the report to this Markdown file")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every resident kernel's step loop issues what its layout predicts "
-                        "(FMAs or HMMAs, barriers, the reduce-scatter's shuffles, no local memory)")
+                        "(FMAs or HMMAs, barriers, the reduce-scatter's shuffles, no local memory; on mbarriers: "
+                        "a wait a step, st.async stores, no GPU-scope fence)")
     args = p.parse_args()
     so = args.so
     if so is None:

@@ -65,7 +65,8 @@ def _sass_report():
 def test_resident_step_loops_issue_what_the_layout_predicts():
     """The SASS of every SM-resident kernel (no GPU needed): the FFMA kernel's step loop holds the whole
     mat-vec (R·KPT·BT FMAs), one barrier and the reduce-scatter's shuffles; the tensor-core kernel's
-    one HMMA per k tile and one barrier per step; neither touches local memory."""
+    one HMMA per k tile and one barrier per step; neither touches local memory; the kernels that
+    exchange on mbarriers wait on one a step, store with st.async and have no GPU-scope fence there."""
     sass_report = _sass_report()
     tool = sass_report.find_cuobjdump()
     if tool is None:
@@ -104,6 +105,18 @@ def test_sass_check_rules_can_fail():
     parts = "resident_mma_kernel<Half, 16, 2, 4, false>"  # k parts: two barriers a step
     assert check(parts, collections.Counter({"MMA": 32, "BAR": 4})) == []
     assert check(parts, collections.Counter({"MMA": 32, "BAR": 2}))
+    # the mbarrier exchange (last template argument true): a wait a step, st.async, no GPU-scope fence
+    exchange = collections.Counter({"MMA": 32, "BAR": 4, "mbarrier waits": 2, "STAS": 8})
+    for mbar in ("resident_mma_kernel<float, 16, 2, 2, false, true>",
+                 "resident_kernel<Shape<16, 32, 2, 16, 2, 8>, 1, false, true>"):
+        counts = exchange if "mma" in mbar else collections.Counter({"FMA": 140, "BAR": 2, "SHFL": 8,
+                                                                     "mbarrier waits": 2, "STAS": 4})
+        assert check(mbar, counts) == [], mbar
+        assert check(mbar, counts + collections.Counter({"GPU membar": 1})), mbar
+        assert check(mbar, counts - collections.Counter({"mbarrier waits": 1})), mbar
+        assert check(mbar, counts - collections.Counter({"STAS": 99})), mbar
+    barrier_exchange = "resident_mma_kernel<float, 16, 2, 2, false, false>"  # a cluster barrier may fence
+    assert check(barrier_exchange, collections.Counter({"MMA": 32, "BAR": 4, "GPU membar": 2})) == []
 
 
 @pytest.mark.skipif(not fused_rnn.cuda_available(), reason="built without the CUDA kernels (FUSED_RNN_CUDA=1)")

@@ -390,6 +390,26 @@ def test_resident_tf32_regime(H, B, T, switch):
     assert ran == "resident_tf32"
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
+                    reason="thread-block clusters need sm_90")
+@pytest.mark.parametrize("exchange", ["barrier", "mbarrier"])
+@pytest.mark.parametrize("H,B,T", [(193, 3, 6), (256, 64, 5), (300, 9, 60), (512, 17, 4)])
+def test_resident_tf32_cluster_exchange(H, B, T, exchange, switch):
+    """The TF32 tensor-core kernel in clusters (2 CTAs to H = 256, 8 to 512) with each way of handing
+    a step's h to the peers: stores then a cluster barrier, or st.async stores completing on mbarriers
+    (FUSED_RNN_CUDA_CLUSTER_EXCHANGE; last_cuda_regime resident_tf32_mbarrier); within 2x cuDNN TF32."""
+    switch("FUSED_RNN_CUDA_REGIME", "resident")
+    switch("FUSED_RNN_CUDA_CLUSTER_EXCHANGE", exchange)
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True,
+                      nonlinearity="relu" if H == 300 else "tanh")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    assert ran == ("resident_tf32" if exchange == "barrier" else "resident_tf32_mbarrier")
+
+
 @pytest.mark.opt_in
 @pytest.mark.skipif(not hasattr(torch.backends.cudnn, "rnn"), reason="this torch has no per-operator TF32 flags")
 @pytest.mark.parametrize("rnn_precision", ["ieee", "tf32"])
@@ -443,7 +463,7 @@ def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
 # What last_cuda_regime() names for each route the tuner times.
 TUNED_ROUTES = {"kernel": {"single", "grid", "step"}, "gemm": {"gemm"},
                 "resident": {"resident", "resident_cluster", "resident_cluster_mbarrier", "resident_mma",
-                             "resident_tf32"}}
+                             "resident_tf32", "resident_tf32_mbarrier"}}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d).split(".")[-1])

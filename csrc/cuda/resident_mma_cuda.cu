@@ -15,7 +15,9 @@
 //        BPTT     δ = (g + m) ⊙ act'(y)   → dpre                    (m = ghy at s = 0)
 //      and the value rounded to the operand type into state[s + 1]: h (or δ) is kept in fp32 for
 //      the outputs and rounded once per step for the next step's mma (as cuDNN's half kernels do)
-//   4. __syncthreads (the only barrier)
+//   4. __syncthreads (the only barrier); in a cluster, the cluster's barrier, or (TF32 with
+//      FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) st.async stores completing on each receiver's
+//      mbarrier, waited for before the next step's mma
 // BPTT ends with one more mma pass: dh0 = M·δ of the last processed step.
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -105,16 +107,30 @@ __device__ __forceinline__ void store_everywhere(unsigned* state, int64_t i, flo
   store_in_every_cta<C>(reinterpret_cast<typename Op::Bits*>(state) + i, Op::bits(v));
 }
 
-template <typename scalar_t, int KT, int KP, int CL, bool Backward>
+// The same with st.async, each store counting its 4 bytes on the receiving CTA's barrier at bar's
+// offset (a 32-bit operand only: st.async has no 16-bit form).
+template <class Op, int C>
+__device__ __forceinline__ void store_async_everywhere(unsigned* state, int64_t i, float v, unsigned long long* bar) {
+  static_assert(sizeof(typename Op::Bits) == 4, "st.async stores 32-bit words");
+  store_async_in_every_cta<C>(state + i, Op::bits(v), bar);
+}
+
+// Mbar (TF32 clusters only): the step's exchange completes on mbarriers instead of a cluster
+// barrier (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), as in resident_cuda.cu.
+template <typename scalar_t, int KT, int KP, int CL, bool Backward, bool Mbar = false>
 __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, KP, CL>::kWarps * kWarp, 1)
     resident_mma_kernel(const RecParams p) {
   using Op = Operand<scalar_t>;
   using S = typename Op::Shape;
   using Tl = Tiling<S, KT, KP, CL>;
+  static_assert(!Mbar || (CL > 1 && sizeof(typename Op::Bits) == 4), "the mbarrier exchange: TF32 clusters");
   constexpr int KTT = KT * KP;  // k tiles of a whole row: the state's row length
   constexpr int C = chains<KT>(), PER_WORD = 4 / S::kElementBytes;
   extern __shared__ unsigned state_words[];  // [2][kBatchTile][state_row_words] operand elements
   float* partial = reinterpret_cast<float*>(state_words + 2 * kBatchTile * state_row_words<S, KTT>());
+  // Mbar: one barrier per state buffer, after the partial sums (Tiling::smem_bytes is a multiple of 8)
+  unsigned long long* bars =
+      reinterpret_cast<unsigned long long*>(reinterpret_cast<unsigned char*>(state_words) + Tl::smem_bytes());
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarp, lane = tid % kWarp;
   const int H = static_cast<int>(p.H), d = static_cast<int>(blockIdx.y);
@@ -143,7 +159,15 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       store_everywhere<Op, 1>(state_words, state_element<S, KTT>(0, i / H, i % H),
                               static_cast<float>(h_in[(int64_t(c0) + i / H) * H + i % H]));
   }
-  step_barrier<CL>();  // a cluster's peers store into this state only once it is initialised
+  if constexpr (Mbar) {
+    if (tid == 0) {
+      mbarrier_init(bars);
+      mbarrier_init(bars + 1);
+      mbarrier_init_visible();
+    }
+  }
+  // a cluster's peers store into this state (and count on its barriers) only once it is initialised
+  step_barrier<CL>();
 
   // A fragments of this warp's 16 rows, its k part's k tiles; zero outside H.
   unsigned a[KT][kARegisters];
@@ -229,13 +253,25 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       if constexpr (Backward) yy[i] = static_cast<float>(yv[base + offset(i)]);
     }
   };
+  // Mbar: the bytes each CTA receives a step, every (batch row < nb, unit < H) of state[s + 1] once
+  const unsigned step_bytes = static_cast<unsigned>(nb) * static_cast<unsigned>(H) * 4u;
   // Step s: issue the loads of step s + ahead into `next`, then the mma pass and the epilogue on `cur`.
   constexpr int sets = prefetch_sets<KT>(), ahead = sets - 1;
   auto step = [&](int s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
                   float (&next_y)[kCValues]) {
     load(s + ahead, next, next_y);
+    if constexpr (Mbar) {
+      // state[s] was filled at step s - 1: phase (s - 1) / 2 of its buffer's barrier (state[0]: h0)
+      if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
+      // arm the phase that step s fills (its previous phase was waited for at step s - 1)
+      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes);
+    }
     float m[kCValues];
     matvec(s, m);
+    // Mbar: every warp's reads of state[s] come before this CTA's stores of the step (with k parts,
+    // matvec's own __syncthreads orders them), so a peer holding all of them (it is at step s + 1)
+    // may overwrite state[s] of this CTA
+    if constexpr (Mbar && KP == 1) __syncthreads();
     const int base = row_base(s);
 #pragma unroll
     for (int i = 0; i < kCValues; ++i) {
@@ -249,9 +285,19 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
         v = p.relu ? (cur_y[i] <= 0.f ? 0.f : g) : g * (1.f - cur_y[i] * cur_y[i]);
       }
       buf[base + offset(i)] = static_cast<scalar_t>(v);
-      store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
+      if constexpr (Mbar) {
+        store_async_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v, bars + ((s + 1) & 1));
+      } else {
+        store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
+      }
     }
-    step_barrier<CL>();
+    // Mbar: the CTA's own barrier, so that the next step's partial sums overwrite this step's only
+    // after the k part 0 warps have read them
+    if constexpr (Mbar) {
+      __syncthreads();
+    } else {
+      step_barrier<CL>();
+    }
   };
 
   // The register sets rotate with the unrolled steps: set s % sets holds step s's inputs.
@@ -271,6 +317,9 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
     }
   }
+  if constexpr (Mbar) {  // state[T] complete: every store into this CTA has landed
+    if (T > 0) mbarrier_wait(bars + (T & 1), static_cast<unsigned>((T - 1) >> 1) & 1u);
+  }
   if constexpr (!Backward) {  // hy: the last step's output, which this lane wrote (same rounding)
     const int base = row_base(T - 1);
 #pragma unroll
@@ -283,13 +332,14 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
     for (int i = 0; i < kCValues; ++i)
       if (owns(i)) h_out[(int64_t(c0) + b_of(i)) * H + j_of(i)] = static_cast<scalar_t>(m[i]);
   }
+  if constexpr (Mbar) step_barrier<CL>();  // no CTA of the cluster leaves before its peers are done
 }
 
 // Launches, or returns false without launching when the GPU cannot schedule the cluster.
-template <typename scalar_t, class Tl, bool Backward>
+template <typename scalar_t, class Tl, bool Backward, bool Mbar = false>
 bool launch(const RecParams& p, cudaStream_t stream) {
-  auto kernel = &resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward>;
-  constexpr int64_t smem = Tl::smem_bytes();
+  auto kernel = &resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward, Mbar>;
+  constexpr int64_t smem = Tl::smem_bytes() + (Mbar ? 2 * sizeof(unsigned long long) : 0);
   static_assert(smem <= 48 * 1024, "the state and partial sums fit the default dynamic shared memory");
   const unsigned tiles = static_cast<unsigned>((p.B + kBatchTile - 1) / kBatchTile);
   const int warps = Tl::KP == 1 && Tl::C == 1 ? warps_for(p.H) : Tl::kWarps;
@@ -297,14 +347,23 @@ bool launch(const RecParams& p, cudaStream_t stream) {
                                    stream, p);
 }
 
+// Launches, or returns false; *on_mbarriers: whether the launch exchanged on mbarriers.
 template <typename scalar_t>
-bool launch_typed(const RecParams& p, bool clusters, cudaStream_t stream) {
+bool launch_typed(const RecParams& p, bool clusters, cudaStream_t stream, bool* on_mbarriers) {
   using S = typename Operand<scalar_t>::Shape;
   const int tiling = tiling_for<S>(p.H, clusters);
   if (tiling < 0) return false;
   bool launched = false;
   with_tiling<S>(tiling, [&](auto t) {
     using Tl = decltype(t);
+    if constexpr (Tl::C > 1 && sizeof(typename Operand<scalar_t>::Bits) == 4) {
+      if (switches::cluster_exchange() == switches::ClusterExchange::Mbarrier) {
+        launched = p.backward ? launch<scalar_t, Tl, true, true>(p, stream)
+                              : launch<scalar_t, Tl, false, true>(p, stream);
+        *on_mbarriers = launched;
+        return;
+      }
+    }
     launched = p.backward ? launch<scalar_t, Tl, true>(p, stream) : launch<scalar_t, Tl, false>(p, stream);
   });
   return launched;
@@ -316,14 +375,18 @@ bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, bool clusters
   if (p.steps != nullptr) return false;  // packed input: the general kernels
   // The kernel indexes in 32 bits: every buffer must have fewer than 2^31 elements.
   if (p.T * p.B * p.D * p.H > INT32_MAX || p.D * p.H * p.H > INT32_MAX) return false;
-  bool launched = false;
+  bool launched = false, on_mbarriers = false;
   switch (dtype) {
-    case at::kHalf: launched = launch_typed<c10::Half>(p, clusters, stream); break;
-    case at::kBFloat16: launched = launch_typed<c10::BFloat16>(p, clusters, stream); break;
-    case at::kFloat: launched = launch_typed<float>(p, clusters, stream); break;
+    case at::kHalf: launched = launch_typed<c10::Half>(p, clusters, stream, &on_mbarriers); break;
+    case at::kBFloat16: launched = launch_typed<c10::BFloat16>(p, clusters, stream, &on_mbarriers); break;
+    case at::kFloat: launched = launch_typed<float>(p, clusters, stream, &on_mbarriers); break;
     default: break;
   }
-  if (launched) switches::record_cuda_regime(dtype == at::kFloat ? "resident_tf32" : "resident_mma");
+  if (launched) {
+    switches::record_cuda_regime(dtype != at::kFloat ? "resident_mma"
+                                 : on_mbarriers      ? "resident_tf32_mbarrier"
+                                                     : "resident_tf32");
+  }
   return launched;
 }
 
