@@ -166,6 +166,12 @@ for regime in resident auto; do
     "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16,bfloat16 --cuda-regime "$regime" \
     --shapes "$RESIDENT_HALF_SHAPES" --out "$WORK/bench_resident_half_$regime"
 done
+#     its cluster shapes with the exchange on mbarriers (two units a 32-bit word, st.async), beside
+#     bench_resident_half_resident's cluster barrier
+stage "bench_resident_half_mbarrier" 45 "--cuda-regime resident, exchange on mbarriers, float16 and bfloat16, H 512, 1024" \
+  env FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier "$PY" benchmarks/benchmark.py --device cuda --quick \
+  --dtype float16,bfloat16 --cuda-regime resident \
+  --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024" --out "$WORK/bench_resident_half_mbarrier"
 
 #     float16 on the per-step GEMM path (opt-in) against the default regime, where the kernel loses most
 for regime in gemm auto; do

@@ -209,8 +209,8 @@ PyMethodDef methods[] = {
      "'avx2' or 'baseline': the build of the CPU task loops that runs now."},
     {"last_cuda_regime", last_cuda_regime, METH_NOARGS,
      "The regime of the last CUDA recurrence launched by this thread ('single', 'grid', 'step', 'gemm', 'gemm_graph', "
-     "'resident', 'resident_cluster', 'resident_cluster_mbarrier', 'resident_mma', 'resident_tf32', "
-     "'resident_tf32_mbarrier'; '' before any)."},
+     "'resident', 'resident_cluster', 'resident_cluster_mbarrier', 'resident_mma', "
+     "'resident_mma_mbarrier', 'resident_tf32', 'resident_tf32_mbarrier'; '' before any)."},
     {"tuning_log", tuning_log, METH_NOARGS,
      "FUSED_RNN_CUDA_REGIME=tuned: one line per regime choice made in this process (the kind of call, each "
      "candidate's trial time, the choice)."},

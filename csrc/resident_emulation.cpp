@@ -254,6 +254,50 @@ void check_fragments() {
   for (int n : c) TORCH_CHECK(n == 1, "mma emulation: a C element held ", n, " times");
 }
 
+// The 16-bit state as the mbarrier exchange stores it (mma_layout.h, paired_word: a lane and its
+// partner swap one value per fragment row half and each stores one 32-bit word) holds what the
+// element stores wrote into state[s + 1]: every (batch row < nb, unit < H) exactly once, the
+// element past an odd H 0, and as many words as the kernel arms its barrier for (nb·⌈H/2⌉).
+//   val(rank, warp, lane, i): the step's value i of a lane, 0 where it owns none
+template <class Tl, class Val>
+void check_paired_words(const std::vector<double>& state, int64_t s, int nb, int H, int NW, Val&& val) {
+  using S = typename Tl::Shape;
+  constexpr int KTT = Tl::KT * Tl::KP;
+  std::vector<int> covered(size_t(nb) * H, 0);
+  int64_t words = 0;
+  for (int rank = 0; rank < Tl::C; ++rank)
+    for (int warp = 0; warp < NW; ++warp) {
+      if (Tl::k_part(warp) != 0) continue;
+      for (int lane = 0; lane < mma::kWarp; ++lane)
+        for (int h = 0; h < 2; ++h) {
+          const mma::PairedWord w = mma::paired_word(lane, h);
+          const int unit = mma::kRowsPerWarp * Tl::tile(rank, warp) + w.unit;
+          if (unit >= H || w.col >= nb) continue;
+          TORCH_CHECK(unit % 2 == 0, "mma emulation: a paired word starts at odd unit ", unit);
+          const double kept = val(rank, warp, lane, w.kept);
+          // what the partner sends: its own paired_word's choice (each lane sends one value a half)
+          const int partner = lane ^ mma::kPairPartnerMask;
+          const double received = val(rank, warp, partner, mma::paired_word(partner, h).sent);
+          const double lo = w.high ? kept : received, hi = w.high ? received : kept;
+          ++words;
+          for (int e = 0; e < 2; ++e) {
+            const double v = e == 0 ? lo : hi;
+            if (unit + e >= H) {
+              TORCH_CHECK(v == 0., "mma emulation: a paired word's element past H is not 0");
+              continue;
+            }
+            ++covered[size_t(w.col) * H + unit + e];
+            const double stored = state[mma::state_element<S, KTT>(s + 1, w.col, unit + e)];
+            TORCH_CHECK(v == stored, "mma emulation: paired word (unit ", unit, ", batch row ", w.col, ") element ", e,
+                        " differs from the element store");
+          }
+        }
+    }
+  for (int n : covered) TORCH_CHECK(n == 1, "mma emulation: a state element in ", n, " paired words");
+  TORCH_CHECK(words == int64_t(nb) * ((H + 1) / 2), "mma emulation: ", words, " paired words, the barrier expects ",
+              int64_t(nb) * ((H + 1) / 2));
+}
+
 // One cluster (Tl::C CTAs; one CTA when C = 1) of resident_mma_kernel<., KT, KP, C, Backward>: batch
 // tile c0 .. c0 + 7, direction d, lane by lane, in float64 (the kernel's operand rounding is not
 // emulated: this checks the layout). Each CTA has its own state; the epilogue writes all of them.
@@ -356,8 +400,14 @@ void emulate_mma_cta(const Tensors& a, int64_t c0, int d) {
   };
 
   std::vector<int> writes(size_t(mma::kBatchTile) * H);
+  // vals[((rank·NW + warp)·32 + lane)·4 + i]: the step's value i of a lane, 0 where it owns none
+  std::vector<double> vals(size_t(CTAS) * NW * mma::kWarp * mma::kCValues);
+  auto val = [&](int rank, int warp, int lane, int i) -> double& {
+    return vals[((size_t(rank) * NW + warp) * mma::kWarp + lane) * mma::kCValues + i];
+  };
   for (int64_t s = 0; s < T; ++s) {
     std::fill(writes.begin(), writes.end(), 0);
+    std::fill(vals.begin(), vals.end(), 0.);
     const int64_t base = first_row + s * step_rows;
     // Step s reads state[s] and writes state[s + 1] of every CTA: the visiting order cannot matter.
     for (int rank = 0; rank < CTAS; ++rank) {
@@ -378,9 +428,11 @@ void emulate_mma_cta(const Tensors& a, int64_t c0, int d) {
               v = a.relu ? (a.y[e] <= 0. ? 0. : g) : g * (1. - a.y[e] * a.y[e]);
             }
             a.buf[e] = v;
+            val(rank, warp, lane, i) = v;
             for (int peer = 0; peer < CTAS; ++peer) state[peer][mma::state_element<S, KTT>(s + 1, b, j)] = v;
           }
     }
+    if constexpr (S::kElementBytes == 2) check_paired_words<Tl>(state[0], s, nb, H, NW, val);
     for (int b = 0; b < nb; ++b)
       for (int j = 0; j < H; ++j)
         TORCH_CHECK(writes[size_t(b) * H + j] == 1, "mma emulation: output (b ", b, ", j ", j, ") written ",

@@ -6,10 +6,10 @@
 //   FUSED_RNN_CUDA_REGIME  auto (default) | grid | step | gemm | resident | tuned: forces a CUDA
 //                          regime, or (tuned) times the candidates on the first call of each kind and
 //                          takes the fastest (resident, tuned: opt-in until a GPU run has validated them)
-//   FUSED_RNN_CUDA_CLUSTER_EXCHANGE barrier (default) | mbarrier: how the CTAs of a float32 resident
-//                          cluster kernel (FFMA, or TF32 tensor cores) hand each other a step's h:
-//                          stores then a cluster barrier, or st.async stores completing on mbarriers
-//                          (cluster.cuh; opt-in until a GPU run has measured both)
+//   FUSED_RNN_CUDA_CLUSTER_EXCHANGE barrier (default) | mbarrier: how the CTAs of a resident cluster
+//                          kernel (FFMA, or tensor cores) hand each other a step's h: stores then a
+//                          cluster barrier, or st.async stores completing on mbarriers (cluster.cuh;
+//                          opt-in until a GPU run has measured both)
 //   FUSED_RNN_CUDA_GEMM_GRAPH off (default) | reuse: reuse records the float16/bfloat16 per-step GEMM
 //                          regime's step loop into a CUDA graph on the second call of a kind and
 //                          replays it on staged copies of each later call's tensors
@@ -46,8 +46,8 @@ std::string get(const std::string& name);
 
 // What ran, for tests and debugging: the regime of the last CUDA recurrence this thread launched
 // ("single", "grid", "step", "gemm", "gemm_graph", "resident", "resident_cluster",
-// "resident_cluster_mbarrier", "resident_mma", "resident_tf32" or "resident_tf32_mbarrier"; "" before
-// any).
+// "resident_cluster_mbarrier", "resident_mma", "resident_mma_mbarrier", "resident_tf32" or
+// "resident_tf32_mbarrier"; "" before any).
 void record_cuda_regime(const char* regime);
 const char* last_cuda_regime();
 

@@ -347,8 +347,9 @@ def test_resident_cluster_regime(H, B, T, nonlinearity, exchange, switch):
 # The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,
 # 64, 128, 192, 256), H not a multiple of 16, one partial and several batch tiles of 8 rows.
 RESIDENT_MMA_CASES = [(1, 1, 6), (17, 9, 6), (64, 300, 5), (100, 3, 200), (129, 8, 6), (192, 17, 4), (256, 64, 4)]
-# ... and its clusters with k parts (sm_90): 4 CTAs up to H = 512, 16 CTAs up to 1024.
-RESIDENT_MMA_CLUSTER_CASES = [(300, 9, 5), (512, 64, 4), (700, 3, 50), (1024, 8, 4)]
+# ... and its clusters with k parts (sm_90): 4 CTAs up to H = 512, 16 CTAs up to 1024 (an odd H: the
+# mbarrier exchange's last word of a row holds one unit).
+RESIDENT_MMA_CLUSTER_CASES = [(257, 5, 6), (300, 9, 5), (512, 64, 4), (700, 3, 50), (1024, 8, 4)]
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -365,12 +366,17 @@ def test_resident_mma_regime(H, B, T, dtype, nonlinearity, switch):
                     reason="thread-block clusters need sm_90")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("H,B,T", RESIDENT_MMA_CLUSTER_CASES, ids=[f"H{h}-B{b}-T{t}" for h, b, t in RESIDENT_MMA_CLUSTER_CASES])
-def test_resident_mma_cluster_regime(H, B, T, dtype, switch):
+@pytest.mark.parametrize("exchange", ["barrier", "mbarrier"])
+def test_resident_mma_cluster_regime(H, B, T, dtype, exchange, switch):
     """The tensor-core kernel in thread-block clusters (a 16-CTA cluster at H = 1024 is a
-    non-portable size: where the GPU cannot schedule it the call falls back, and the test says so)."""
+    non-portable size: where the GPU cannot schedule it the call falls back, and the test says so),
+    with each exchange: stores then a cluster barrier, or 32-bit words of two units each (paired
+    across lanes, mma_layout.h) by st.async completing on mbarriers (FUSED_RNN_CUDA_CLUSTER_EXCHANGE)."""
     switch("FUSED_RNN_CUDA_REGIME", "resident")
+    switch("FUSED_RNN_CUDA_CLUSTER_EXCHANGE", exchange)
     ran = compare(dtype=dtype, H=H, B=B, T=T, I=7, num_layers=1, bidirectional=True)
-    assert ran == "resident_mma" or (H > 512 and ran in {"grid", "step"})
+    expected = "resident_mma" if exchange == "barrier" else "resident_mma_mbarrier"
+    assert ran == expected or (H > 512 and ran in {"grid", "step"})
 
 
 @pytest.mark.parametrize("H,B,T", [(1, 1, 6), (33, 9, 6), (64, 64, 100), (128, 5, 6), (192, 20, 4), (256, 9, 5),
@@ -463,7 +469,7 @@ def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
 # What last_cuda_regime() names for each route the tuner times.
 TUNED_ROUTES = {"kernel": {"single", "grid", "step"}, "gemm": {"gemm"},
                 "resident": {"resident", "resident_cluster", "resident_cluster_mbarrier", "resident_mma",
-                             "resident_tf32", "resident_tf32_mbarrier"}}
+                             "resident_mma_mbarrier", "resident_tf32", "resident_tf32_mbarrier"}}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d).split(".")[-1])

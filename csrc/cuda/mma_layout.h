@@ -62,6 +62,28 @@ struct M16N8K8 {  // tf32 operands
 FUSED_RNN_HD int c_row(int lane, int i) { return lane / 4 + 8 * (i / 2); }
 FUSED_RNN_HD int c_col(int lane, int i) { return 2 * (lane % 4) + i % 2; }
 
+// The 16-bit state in 32-bit words, for the mbarrier exchange (st.async stores only 32-bit words):
+// a word holds two elements of a state row, units (rows of C) 2w and 2w + 1 of one batch row (a
+// column of C), the even one in its low half. C gives units r and r + 1 (r even) of a column pair to
+// lanes L and L ^ 4 (c_row: lane / 4), so the two swap one value per row half h of the fragment
+// (values 2h, 2h + 1) and each stores one word:
+//   even c_row: (unit c_row(L, 2h), column c_col(L, 2h)):      low = its value 2h, high = the partner's 2h
+//   odd c_row:  (unit c_row(L, 2h) - 1, column c_col(L, 2h + 1)): low = the partner's 2h + 1, high = its 2h + 1
+// So a lane sends its value 2h + 1 (even c_row) or 2h (odd) and keeps the other.
+constexpr int kPairPartnerMask = 4;  // lane ^ 4: the other unit of the pair
+struct PairedWord {
+  int unit;   // even: the word's low element's row of C
+  int col;    // its column of C (batch row)
+  int kept;   // the lane's own value in the word: index into its C values
+  int sent;   // the value it sends to its partner
+  bool high;  // whether the received value is the high element (else the low)
+};
+FUSED_RNN_HD PairedWord paired_word(int lane, int h) {
+  const bool odd = (c_row(lane, 2 * h) & 1) != 0;
+  return odd ? PairedWord{c_row(lane, 2 * h) - 1, c_col(lane, 2 * h + 1), 2 * h + 1, 2 * h, false}
+             : PairedWord{c_row(lane, 2 * h), c_col(lane, 2 * h), 2 * h, 2 * h + 1, true};
+}
+
 // Independent accumulator chains per warp: k tile kt accumulates into chain kt % chains. Four keep
 // a step's dependent mma chain at KT / 4; the largest tile count (64 A registers a lane at 512
 // threads) keeps two, which its registers allow without spilling (ptxas gate).

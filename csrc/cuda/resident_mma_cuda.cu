@@ -15,9 +15,10 @@
 //        BPTT     δ = (g + m) ⊙ act'(y)   → dpre                    (m = ghy at s = 0)
 //      and the value rounded to the operand type into state[s + 1]: h (or δ) is kept in fp32 for
 //      the outputs and rounded once per step for the next step's mma (as cuDNN's half kernels do)
-//   4. __syncthreads (the only barrier); in a cluster, the cluster's barrier, or (TF32 with
-//      FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) st.async stores completing on each receiver's
-//      mbarrier, waited for before the next step's mma
+//   4. __syncthreads (the only barrier); in a cluster, the cluster's barrier, or (with
+//      FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) st.async stores of 32-bit words completing on each
+//      receiver's mbarrier, waited for before the next step's mma (16-bit state: two units a word,
+//      paired across lanes by one shuffle per fragment row half, mma_layout.h)
 // BPTT ends with one more mma pass: dh0 = M·δ of the last processed step.
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -107,23 +108,24 @@ __device__ __forceinline__ void store_everywhere(unsigned* state, int64_t i, flo
   store_in_every_cta<C>(reinterpret_cast<typename Op::Bits*>(state) + i, Op::bits(v));
 }
 
-// The same with st.async, each store counting its 4 bytes on the receiving CTA's barrier at bar's
-// offset (a 32-bit operand only: st.async has no 16-bit form).
-template <class Op, int C>
-__device__ __forceinline__ void store_async_everywhere(unsigned* state, int64_t i, float v, unsigned long long* bar) {
-  static_assert(sizeof(typename Op::Bits) == 4, "st.async stores 32-bit words");
-  store_async_in_every_cta<C>(state + i, Op::bits(v), bar);
+// A 32-bit word of the state in every CTA of the cluster with st.async, each store counting its 4
+// bytes on the receiving CTA's barrier at bar's offset (st.async has no 16-bit form: 16-bit state
+// goes two elements to a word, mma_layout.h's paired_word).
+template <int C>
+__device__ __forceinline__ void store_async_everywhere(unsigned* word, unsigned bits, unsigned long long* bar) {
+  store_async_in_every_cta<C>(word, bits, bar);
 }
 
-// Mbar (TF32 clusters only): the step's exchange completes on mbarriers instead of a cluster
-// barrier (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), as in resident_cuda.cu.
+// Mbar (clusters only): the step's exchange completes on mbarriers instead of a cluster barrier
+// (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), as in resident_cuda.cu.
 template <typename scalar_t, int KT, int KP, int CL, bool Backward, bool Mbar = false>
 __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, KP, CL>::kWarps * kWarp, 1)
     resident_mma_kernel(const RecParams p) {
   using Op = Operand<scalar_t>;
   using S = typename Op::Shape;
   using Tl = Tiling<S, KT, KP, CL>;
-  static_assert(!Mbar || (CL > 1 && sizeof(typename Op::Bits) == 4), "the mbarrier exchange: TF32 clusters");
+  static_assert(!Mbar || CL > 1, "the mbarrier exchange is for clusters");
+  constexpr int kWordElements = 4 / static_cast<int>(sizeof(typename Op::Bits));  // state elements a word
   constexpr int KTT = KT * KP;  // k tiles of a whole row: the state's row length
   constexpr int C = chains<KT>(), PER_WORD = 4 / S::kElementBytes;
   extern __shared__ unsigned state_words[];  // [2][kBatchTile][state_row_words] operand elements
@@ -253,10 +255,15 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       if constexpr (Backward) yy[i] = static_cast<float>(yv[base + offset(i)]);
     }
   };
-  // Mbar: the bytes each CTA receives a step, every (batch row < nb, unit < H) of state[s + 1] once
-  const unsigned step_bytes = static_cast<unsigned>(nb) * static_cast<unsigned>(H) * 4u;
+  // Mbar: the bytes each CTA receives a step: every word of state[s + 1] holding a unit < H of a
+  // batch row < nb, once (16-bit: units 2w and 2w + 1 share word w); computed by the arming thread.
+  auto step_bytes = [&] {
+    return static_cast<unsigned>(nb) * static_cast<unsigned>((H + kWordElements - 1) / kWordElements) * 4u;
+  };
   // Step s: issue the loads of step s + ahead into `next`, then the mma pass and the epilogue on `cur`.
-  constexpr int sets = prefetch_sets<KT>(), ahead = sets - 1;
+  // (the 16-bit mbarrier forward kernels load each step's inputs at its start, behind its wait and
+  // mma pass: a second set of registers for them spills these kernels)
+  constexpr int sets = Mbar && kWordElements == 2 && !Backward ? 1 : prefetch_sets<KT>(), ahead = sets - 1;
   auto step = [&](int s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
                   float (&next_y)[kCValues]) {
     load(s + ahead, next, next_y);
@@ -264,7 +271,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       // state[s] was filled at step s - 1: phase (s - 1) / 2 of its buffer's barrier (state[0]: h0)
       if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
       // arm the phase that step s fills (its previous phase was waited for at step s - 1)
-      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes);
+      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes());
     }
     float m[kCValues];
     matvec(s, m);
@@ -273,10 +280,8 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
     // may overwrite state[s] of this CTA
     if constexpr (Mbar && KP == 1) __syncthreads();
     const int base = row_base(s);
-#pragma unroll
-    for (int i = 0; i < kCValues; ++i) {
-      if (!owns(i)) continue;
-      const int j = j_of(i), b = b_of(i);
+    // The epilogue on value i (row j, batch row b), written to buf; returns the value.
+    auto epilogue = [&](int i, int j, int b) {
       float v;
       if constexpr (!Backward) {
         v = act(cur[i] + m[i], p.relu);
@@ -285,10 +290,43 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
         v = p.relu ? (cur_y[i] <= 0.f ? 0.f : g) : g * (1.f - cur_y[i] * cur_y[i]);
       }
       buf[base + offset(i)] = static_cast<scalar_t>(v);
-      if constexpr (Mbar) {
-        store_async_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v, bars + ((s + 1) & 1));
-      } else {
-        store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
+      return v;
+    };
+    if constexpr (Mbar && kWordElements == 2) {
+      // 16-bit state: two units to a word (mma_layout.h, paired_word), one row half of the fragment
+      // at a time (two values live, not four). A unit past H, or one the lane does not own,
+      // contributes 0 (M is 0 in those columns); the word is stored when its low unit is below H
+      // and its batch row below nb, by the k part 0 warp.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // 0 where the lane owns no value
+        const float v_lo = owns(2 * h) ? epilogue(2 * h, j_of(2 * h), b_of(2 * h)) : 0.f;
+        const float v_hi = owns(2 * h + 1) ? epilogue(2 * h + 1, j_of(2 * h + 1), b_of(2 * h + 1)) : 0.f;
+        const PairedWord w = paired_word(lane, h);
+        // w.kept / w.sent are 2h and 2h + 1 in one order or the other: selected, not indexed (a
+        // register array indexed at run time would go to local memory)
+        const float kept = w.kept == 2 * h ? v_lo : v_hi, sent = w.sent == 2 * h ? v_lo : v_hi;
+        const float received = __shfl_xor_sync(0xffffffffu, sent, kPairPartnerMask);
+        const int unit = row0 + w.unit;
+        if (kp == 0 && unit < H && w.col < nb) {
+          const float lo = w.high ? kept : received, hi = w.high ? received : kept;
+          const unsigned word = static_cast<unsigned>(Op::bits(lo)) | (static_cast<unsigned>(Op::bits(hi)) << 16);
+          store_async_everywhere<CL>(state_words + state_element<S, KTT>(s + 1, w.col, unit) / 2, word,
+                                     bars + ((s + 1) & 1));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kCValues; ++i) {
+        if (!owns(i)) continue;
+        const int j = j_of(i), b = b_of(i);
+        const float v = epilogue(i, j, b);
+        if constexpr (Mbar) {
+          store_async_everywhere<CL>(state_words + state_element<S, KTT>(s + 1, b, j), Op::bits(v),
+                                     bars + ((s + 1) & 1));
+        } else {
+          store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
+        }
       }
     }
     // Mbar: the CTA's own barrier, so that the next step's partial sums overwrite this step's only
@@ -303,8 +341,10 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
   // The register sets rotate with the unrolled steps: set s % sets holds step s's inputs.
   float in0[kCValues] = {}, in1[kCValues] = {}, in2[kCValues] = {};
   float y0[kCValues] = {}, y1[kCValues] = {}, y2[kCValues] = {};
-  load(0, in0, y0);
-  if constexpr (sets == 3) {
+  if constexpr (sets == 1) {
+    for (int s = 0; s < T; ++s) step(s, in0, y0, in0, y0);  // loads into the set the step then reads
+  } else if constexpr (sets == 3) {
+    load(0, in0, y0);
     load(1, in1, y1);
     for (int s = 0; s < T; s += 3) {
       step(s, in0, y0, in2, y2);
@@ -312,6 +352,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       if (s + 2 < T) step(s + 2, in2, y2, in1, y1);
     }
   } else {
+    load(0, in0, y0);
     for (int s = 0; s < T; s += 2) {
       step(s, in0, y0, in1, y1);
       if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
@@ -356,7 +397,7 @@ bool launch_typed(const RecParams& p, bool clusters, cudaStream_t stream, bool* 
   bool launched = false;
   with_tiling<S>(tiling, [&](auto t) {
     using Tl = decltype(t);
-    if constexpr (Tl::C > 1 && sizeof(typename Operand<scalar_t>::Bits) == 4) {
+    if constexpr (Tl::C > 1) {
       if (switches::cluster_exchange() == switches::ClusterExchange::Mbarrier) {
         launched = p.backward ? launch<scalar_t, Tl, true, true>(p, stream)
                               : launch<scalar_t, Tl, false, true>(p, stream);
@@ -383,9 +424,9 @@ bool launch_resident_mma(const RecParams& p, at::ScalarType dtype, bool clusters
     default: break;
   }
   if (launched) {
-    switches::record_cuda_regime(dtype != at::kFloat ? "resident_mma"
-                                 : on_mbarriers      ? "resident_tf32_mbarrier"
-                                                     : "resident_tf32");
+    const bool tf32 = dtype == at::kFloat;
+    switches::record_cuda_regime(on_mbarriers ? (tf32 ? "resident_tf32_mbarrier" : "resident_mma_mbarrier")
+                                              : (tf32 ? "resident_tf32" : "resident_mma"));
   }
   return launched;
 }
