@@ -26,10 +26,12 @@
 #include <algorithm>
 #include <array>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "cuda/activation.cuh"
@@ -186,14 +188,28 @@ std::set<c10::DeviceIndex>& graph_devices() {  // devices with recordings, for c
   return *devices;
 }
 
-// A step loop captured into a CUDA graph on a side stream of the pool (capture cannot use the
-// default stream), in thread-local mode (another thread's unsafe calls do not invalidate it),
-// replayed on the current stream. at::cuda::CUDAGraph gives it a private memory pool, as
-// torch.cuda.graph does.
+// The stream the step loops replayed on the current stream are captured on: created for this alone,
+// one per replay stream, never the pool's. A capture's cuBLAS workspace is the one ATen keeps for
+// the capture stream, allocated in the first capture's private pool and dropped when any graph
+// captured on that stream is destroyed. On a pool stream a torch.cuda.graph of the user's would
+// share it, and destroying theirs would free memory ours still replays on; graphs replayed on two
+// streams at once would share it too. Ours are destroyed only all together (clear_step_graphs).
+c10::cuda::CUDAStream capture_stream(const c10::cuda::CUDAStream& replay) {
+  static std::mutex mutex;
+  static auto* const streams = new std::map<std::pair<c10::DeviceIndex, c10::StreamId>, cudaStream_t>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  cudaStream_t& s = (*streams)[{replay.device_index(), replay.id()}];
+  if (s == nullptr) C10_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));  // never destroyed
+  return c10::cuda::getStreamFromExternal(s, replay.device_index());
+}
+
+// A step loop captured into a CUDA graph on capture_stream() (capture cannot use the default
+// stream), in thread-local mode (another thread's unsafe calls do not invalidate it), replayed on
+// the current stream. at::cuda::CUDAGraph gives it a private memory pool, as torch.cuda.graph does.
 class CapturedSteps final : public StagedReplay::Recording {
  public:
   explicit CapturedSteps(const std::function<void()>& body) {
-    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, c10::cuda::current_device());
+    const c10::cuda::CUDAStream side = capture_stream(c10::cuda::getCurrentCUDAStream());
     const c10::cuda::CUDAStreamGuard on_side(side);
     graph_.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     try {
