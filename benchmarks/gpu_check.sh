@@ -8,9 +8,11 @@
 #   3c. the generation row (benchmarks/generation.py), default regime
 #   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
 #   5. A/B of the opt-in paths, each beside the default regime: the SM-resident regimes (float32 TF32
-#      off and on, float16 and bfloat16), the half per-step GEMMs, the GEMMs' TF32 rule
-#      (FUSED_RNN_CUDA_GEMM_TF32), the tuned choice (FUSED_RNN_CUDA_REGIME=tuned), the generation
-#      row tuned and resident, eager against graph-captured calls of the half GEMM regime
+#      off and on, float16 and bfloat16), their clusters' exchange on mbarriers
+#      (FUSED_RNN_CUDA_CLUSTER_EXCHANGE), the half per-step GEMMs eager and replayed from their own
+#      CUDA graph (FUSED_RNN_CUDA_GEMM_GRAPH), the GEMMs' TF32 rule (FUSED_RNN_CUDA_GEMM_TF32), the
+#      tuned choice (FUSED_RNN_CUDA_REGIME=tuned), the generation row tuned and resident, eager
+#      against graph-captured calls of the half GEMM regime
 #   5a. the bfloat16 racecheck probe (benchmarks/racecheck_probe/)
 #   5b. Nsight Compute on benchmarks/gpu_profile.py (throughput and stall reasons), when ncu is there
 #   6. benchmarks/results/<gpu>-<date>.md and .json (versions, TF32, stage table, tests, sanitizer,
