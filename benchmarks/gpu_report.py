@@ -51,10 +51,34 @@ def stages(work):
     return rows
 
 
-def tests(work, name="test_cuda.xml"):
+def tests_from_log(log_path):
+    """What a pytest -v log says when its junit report is missing (the stage was killed, e.g. by a
+    kernel that never returned): the outcomes printed so far and the test that was running."""
+    if not os.path.exists(log_path):
+        return {"summary": "no junit report and no log (tests did not run)"}
+    outcomes, failed, running = {}, [], None
+    for line in open(log_path, errors="replace"):
+        m = re.match(r"(tests/\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", line)
+        if m:
+            outcomes[m.group(2)] = outcomes.get(m.group(2), 0) + 1
+            if m.group(2) in ("FAILED", "ERROR"):
+                failed.append({"test": m.group(1), "message": "(from the log)"})
+            running = None
+            continue
+        m = re.match(r"(tests/\S+::\S+)\s*$", line)
+        if m:
+            running = m.group(1)
+    counts = ", ".join(f"{n} {k.lower()}" for k, n in sorted(outcomes.items())) or "no test finished"
+    summary = f"no junit report (the stage was cut off); from the log: {counts}"
+    if running:
+        summary += f"; running when cut off: `{running}`"
+    return {"summary": summary, "failed": failed}
+
+
+def tests(work, name="test_cuda.xml", log="tests.log"):
     path = os.path.join(work, name)
     if not os.path.exists(path):
-        return {"summary": "no junit report (tests did not run or were cut off)"}
+        return tests_from_log(os.path.join(work, log))
     root = ET.parse(path).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     keys = ("tests", "failures", "errors", "skipped", "time")
@@ -122,7 +146,7 @@ def main():
     env = environment()
     st = stages(work)
     tr = tests(work)
-    tr_resident = tests(work, "test_cuda_resident.xml")
+    tr_resident = tests(work, "test_cuda_resident.xml", "tests_resident.log")
     san = {tool: sanitizer(work, tool)
            for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_new_paths")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
@@ -156,6 +180,8 @@ def main():
                 lines.append(f"- FAILED `{f['test']}`: {f['message']}")
         else:
             lines.append(result["summary"])
+            for f in result.get("failed", []):
+                lines.append(f"- FAILED `{f['test']}` {f['message']}")
     lines += ["", "## compute-sanitizer (benchmarks/gpu_sanitize.py: every regime, fwd + bwd)", ""]
     lines += [f"- {tool}: {summary}" for tool, summary in san.items()]
     if ncu:

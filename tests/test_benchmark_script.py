@@ -25,3 +25,25 @@ def test_benchmark_script_reports_error_against_float64(tmp_path):
     table = [line for line in open(tmp_path / "results.md") if line.startswith("|")]
     assert "error vs float64: fused / nn.RNN" in table[0]
     assert len(table) == 2 + len(rows) and not any("⚠" in line for line in table)
+
+
+def test_gpu_report_reads_a_cut_off_test_log(tmp_path):
+    """benchmarks/gpu_report.py, for a test stage killed before pytest wrote its junit report (a kernel
+    that never returned): the outcomes come from the pytest -v log, with the test that was running."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import gpu_report
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "tests_resident.log").write_text(
+        "============================= test session starts ==============================\n"
+        "tests/test_cuda.py::test_a[x] PASSED                                      [  1%]\n"
+        "tests/test_cuda.py::test_b[y] FAILED                                      [  2%]\n"
+        "tests/test_cuda.py::test_c[z] PASSED                                      [  3%]\n"
+        "tests/test_cuda.py::test_resident_tf32_cluster_exchange[H512-mbarrier] \n")
+    result = gpu_report.tests(str(tmp_path), "test_cuda_resident.xml", "tests_resident.log")
+    assert result["summary"] == ("no junit report (the stage was cut off); from the log: 1 failed, 2 passed; "
+                                 "running when cut off: `tests/test_cuda.py::test_resident_tf32_cluster_exchange"
+                                 "[H512-mbarrier]`")
+    assert result["failed"] == [{"test": "tests/test_cuda.py::test_b[y]", "message": "(from the log)"}]
+    assert "no log" in gpu_report.tests(str(tmp_path), "missing.xml", "missing.log")["summary"]
