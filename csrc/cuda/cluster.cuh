@@ -106,24 +106,47 @@ __device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, u
 #endif
 }
 
-// Waits until the phase of parity `parity` of *bar has completed; acquire at cluster scope, so the
-// peers' st.async data is visible after it.
-__device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
+// A wait not complete after this long traps (a launch error the host sees, where the process would
+// otherwise hang: a step never takes this long, but a wrong byte count would wait forever).
+constexpr unsigned long long kMbarrierWaitLimitNs = 20ull * 1000 * 1000 * 1000;
+
+// One try: whether the phase of parity `parity` of the barrier at shared address `address` has
+// completed (the hardware may suspend the thread a while before answering no).
+__device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned parity) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(bar));
   unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n\t.reg .pred p;\n\t"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
-        "selp.u32 %0, 1, 0, p;\n\t}\n"
-        : "=r"(done)
-        : "r"(address), "r"(parity)
-        : "memory");
-  } while (!done);
+  asm volatile(
+      "{\n\t.reg .pred p;\n\t"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+      "selp.u32 %0, 1, 0, p;\n\t}\n"
+      : "=r"(done)
+      : "r"(address), "r"(parity)
+      : "memory");
+  return done != 0;
+#else
+  __trap();
+  return true;
+#endif
+}
+
+__device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigned parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(start));
+  while (!mbarrier_try_wait(address, parity)) {
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+    if (now - start > kMbarrierWaitLimitNs) __trap();
+  }
 #else
   __trap();
 #endif
+}
+
+// Waits until the phase of parity `parity` of *bar has completed; acquire at cluster scope, so the
+// peers' st.async data is visible after it. The retries, with their time limit, are out of line.
+__device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned parity) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(bar));
+  if (!mbarrier_try_wait(address, parity)) mbarrier_wait_slow(address, parity);
 }
 
 // *local = value (32 bits) in the shared memory of every CTA of the cluster, at the same offset, each
