@@ -129,7 +129,8 @@ __device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned par
 #endif
 }
 
-__device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigned parity) {
+// static: one copy per translation unit (it is defined in this header and never inlined).
+static __device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigned parity) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   unsigned long long start, now;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(start));
