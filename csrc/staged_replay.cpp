@@ -82,15 +82,13 @@ StagedReplay::Outcome StagedReplay::run(std::vector<int64_t> kind, const std::ve
   return Outcome::Recorded;
 }
 
-void StagedReplay::clear() {
+size_t StagedReplay::clear(const std::function<void()>& quiesce) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  if (quiesce) quiesce();
+  const size_t dropped = recorded_;
   entries_.clear();
   recorded_ = 0;
-}
-
-size_t StagedReplay::recorded() const {
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return recorded_;
+  return dropped;
 }
 
 namespace {

@@ -61,10 +61,10 @@ class StagedReplay {
   Outcome run(std::vector<int64_t> kind, const std::vector<at::Tensor>& args, const std::vector<bool>& written,
               const Loop& loop, const Recorder& record);
 
-  // Drops every recording and staging tensor (the caller first makes sure no replay is pending).
-  void clear();
-  // Kinds recorded now.
-  size_t recorded() const;
+  // Drops every recording and staging tensor and returns how many kinds were recorded. quiesce (if
+  // given) runs first, under the cache's lock, so that no call replays between it and the drop:
+  // there the caller waits for the replays already launched.
+  size_t clear(const std::function<void()>& quiesce = {});
 
  private:
   struct Entry {
@@ -75,7 +75,7 @@ class StagedReplay {
   };
 
   const size_t capacity_;
-  mutable std::mutex mutex_;
+  std::mutex mutex_;
   std::map<std::vector<int64_t>, Entry> entries_;
   size_t recorded_ = 0;
 };

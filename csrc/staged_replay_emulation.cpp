@@ -89,7 +89,7 @@ std::string staged_backward(const at::Tensor& dpre, const at::Tensor& y, const a
 
 int64_t staged_reset(int64_t capacity) {
   TORCH_CHECK(capacity >= 0, "staged replay emulation: capacity must be >= 0");
-  const int64_t dropped = static_cast<int64_t>(cache()->recorded());
+  const int64_t dropped = static_cast<int64_t>(cache()->clear());
   cache() = std::make_unique<StagedReplay>(static_cast<size_t>(capacity));
   return dropped;
 }

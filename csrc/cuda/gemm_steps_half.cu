@@ -289,15 +289,16 @@ bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const
 }
 
 int64_t clear_step_graphs() {
-  const std::lock_guard<std::mutex> lock(graph_devices_mutex);
-  for (const c10::DeviceIndex d : graph_devices()) {  // no replay may be pending when a graph goes
-    const c10::cuda::CUDAGuard guard(d);
-    C10_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  graph_devices().clear();
-  const int64_t dropped = static_cast<int64_t>(graph_cache().recorded());
-  graph_cache().clear();
-  return dropped;
+  // Under the cache's lock (no call can replay meanwhile), which a recording also holds when it
+  // takes graph_devices_mutex: the same lock order.
+  return static_cast<int64_t>(graph_cache().clear([] {
+    const std::lock_guard<std::mutex> lock(graph_devices_mutex);
+    for (const c10::DeviceIndex d : graph_devices()) {  // no replay may be pending when a graph goes
+      const c10::cuda::CUDAGuard guard(d);
+      C10_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    graph_devices().clear();
+  }));
 }
 
 }  // namespace cuda
