@@ -210,12 +210,17 @@ def test_forced_gemm_path_in_half_types(H, B, nonlinearity, packed, dtype, switc
 
 
 def _half_gemm_calls(fused, dtype, T, B, I, packed, calls):
-    """calls training steps of fused on fresh data: [(results, regime of the last launch)]."""
+    """calls training steps of fused on fresh data, packed ones with one set of lengths (one kind):
+    [(results, regime of the last launch)]."""
     D, H, L = 2, fused.hidden_size, fused.num_layers
     torch.manual_seed(7)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
     data = []
     for _ in range(calls):
-        x = cast(make_input(T, B, I, packed), dtype)
+        x = torch.randn(T, B, I, device=DEV, dtype=dtype)
+        if packed:
+            x = pack_padded_sequence(x, lengths, enforce_sorted=False)
         rows = x.data.shape[:-1] if packed else x.shape[:-1]
         data.append((x, torch.randn(L * D, B, H, device=DEV, dtype=dtype),
                      torch.randn(*rows, D * H, device=DEV, dtype=F64), torch.randn(L * D, B, H, device=DEV, dtype=F64)))
