@@ -172,6 +172,38 @@ __device__ __forceinline__ void store_async_in_every_cta(unsigned* local, unsign
 #endif
 }
 
+// The double-buffered state of the resident cluster kernels on mbarriers (resident_cuda.cu,
+// resident_mma_cuda.cu): state[s] lies in buffer s & 1 and barrier bars[q] counts the stores into
+// buffer q. Step s reads state[s], which step s - 1 filled (phase (s - 1) / 2 of its barrier), and
+// fills state[s + 1]; state[0] is each CTA's own (h0, or zeros), filled before the first cluster
+// barrier.
+
+// Thread 0 initialises both barriers, visible to the cluster after its next cluster barrier.
+__device__ __forceinline__ void state_barriers_init(unsigned long long* bars, int tid) {
+  if (tid == 0) {
+    mbarrier_init(bars);
+    mbarrier_init(bars + 1);
+    mbarrier_init_visible();
+  }
+}
+
+// The barrier the stores of step s count on: state[s + 1]'s.
+__device__ __forceinline__ unsigned long long* state_barrier_of_step(unsigned long long* bars, int64_t s) {
+  return bars + ((s + 1) & 1);
+}
+
+// Waits until state[s] is complete (s = T after the last step: every store into this CTA landed).
+__device__ __forceinline__ void state_wait_filled(unsigned long long* bars, int64_t s) {
+  if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
+}
+
+// The start of step s: wait for state[s]; thread 0 arms the phase step s fills with the bytes this
+// CTA will receive (that barrier's previous phase was waited for at step s - 1).
+__device__ __forceinline__ void state_step_begin(unsigned long long* bars, int64_t s, int tid, unsigned bytes) {
+  state_wait_filled(bars, s);
+  if (tid == 0) mbarrier_expect_bytes(state_barrier_of_step(bars, s), bytes);
+}
+
 // Launches kernel(args...) on grid in clusters of C CTAs along x (C = 1: a plain launch) and
 // returns true, or returns false without launching when the GPU cannot schedule such a cluster.
 // Sizes over 8 are non-portable: they are allowed explicitly, and an occupancy query that refuses

@@ -185,13 +185,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   if (!Backward) {  // h0 into state[0]
     for (int i = tid; i < nb * H; i += S::NT) state[state_index(S::HK, BT, 0, i / H, i % H)] = h_in[(c0 + i / H) * H + i % H];
   }
-  if constexpr (Mbar) {
-    if (tid == 0) {
-      mbarrier_init(bars);
-      mbarrier_init(bars + 1);
-      mbarrier_init_visible();
-    }
-  }
+  if constexpr (Mbar) state_barriers_init(bars, tid);
 #pragma unroll
   for (int s = 0; s < kPrefetch; ++s) issue(s);
   step_barrier<S::C>();  // a cluster's peers write into this state (and count on its barriers) only once it is initialised
@@ -201,12 +195,7 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
   float m[V];
   for (int64_t s = 0; s < T; ++s) {
     issue(s + kPrefetch);
-    if constexpr (Mbar) {
-      // state[s] was filled at step s - 1: phase (s - 1) / 2 of its buffer's barrier (state[0]: h0)
-      if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
-      // arm the phase that step s fills (its previous phase was waited for at step s - 1)
-      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes);
-    }
+    if constexpr (Mbar) state_step_begin(bars, s, tid, step_bytes);
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, s, 0, 0), lane, m);
     reduce_stage<S::KL, V, 1>(m, lane);
     // Mbar: every warp's reads of state[s] come before this CTA's stores of the step, so a peer
@@ -231,16 +220,14 @@ __global__ void __launch_bounds__(S::NT, 1) resident_kernel(const RecParams p) {
       buf[first[i] + offset] = v;
       unsigned* slot = reinterpret_cast<unsigned*>(state) + state_index(S::HK, BT, s + 1, b, j);
       if constexpr (Mbar) {
-        store_async_in_every_cta<S::C>(slot, __float_as_uint(v), bars + ((s + 1) & 1));
+        store_async_in_every_cta<S::C>(slot, __float_as_uint(v), state_barrier_of_step(bars, s));
       } else {
         store_in_every_cta<S::C>(slot, __float_as_uint(v));
       }
     }
     if constexpr (!Mbar) step_barrier<S::C>();
   }
-  if constexpr (Mbar) {  // state[T] complete: every store into this CTA has landed
-    if (T > 0) mbarrier_wait(bars + (T & 1), static_cast<unsigned>((T - 1) >> 1) & 1u);
-  }
+  if constexpr (Mbar) state_wait_filled(bars, T);  // every store into this CTA has landed
   if constexpr (Backward) {  // dh0 = M·δ of the last processed step (t = 0 forward order)
     lane_matvec<S, BT>(w, state + state_index(S::HK, BT, T, 0, 0), lane, m);
     reduce_stage<S::KL, V, 1>(m, lane);

@@ -161,13 +161,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       store_everywhere<Op, 1>(state_words, state_element<S, KTT>(0, i / H, i % H),
                               static_cast<float>(h_in[(int64_t(c0) + i / H) * H + i % H]));
   }
-  if constexpr (Mbar) {
-    if (tid == 0) {
-      mbarrier_init(bars);
-      mbarrier_init(bars + 1);
-      mbarrier_init_visible();
-    }
-  }
+  if constexpr (Mbar) state_barriers_init(bars, tid);
   // a cluster's peers store into this state (and count on its barriers) only once it is initialised
   step_barrier<CL>();
 
@@ -256,10 +250,9 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
     }
   };
   // Mbar: the bytes each CTA receives a step: every word of state[s + 1] holding a unit < H of a
-  // batch row < nb, once (16-bit: units 2w and 2w + 1 share word w); computed by the arming thread.
-  auto step_bytes = [&] {
-    return static_cast<unsigned>(nb) * static_cast<unsigned>((H + kWordElements - 1) / kWordElements) * 4u;
-  };
+  // batch row < nb, once (16-bit: units 2w and 2w + 1 share word w)
+  const unsigned step_bytes =
+      static_cast<unsigned>(nb) * static_cast<unsigned>((H + kWordElements - 1) / kWordElements) * 4u;
   // Step s: issue the loads of step s + ahead into `next`, then the mma pass and the epilogue on `cur`.
   // (the 16-bit mbarrier forward kernels load each step's inputs at its start, behind its wait and
   // mma pass: a second set of registers for them spills these kernels)
@@ -267,12 +260,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
   auto step = [&](int s, const float (&cur)[kCValues], const float (&cur_y)[kCValues], float (&next)[kCValues],
                   float (&next_y)[kCValues]) {
     load(s + ahead, next, next_y);
-    if constexpr (Mbar) {
-      // state[s] was filled at step s - 1: phase (s - 1) / 2 of its buffer's barrier (state[0]: h0)
-      if (s > 0) mbarrier_wait(bars + (s & 1), static_cast<unsigned>((s - 1) >> 1) & 1u);
-      // arm the phase that step s fills (its previous phase was waited for at step s - 1)
-      if (tid == 0) mbarrier_expect_bytes(bars + ((s + 1) & 1), step_bytes());
-    }
+    if constexpr (Mbar) state_step_begin(bars, s, tid, step_bytes);
     float m[kCValues];
     matvec(s, m);
     // Mbar: every warp's reads of state[s] come before this CTA's stores of the step (with k parts,
@@ -312,7 +300,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
           const float lo = w.high ? kept : received, hi = w.high ? received : kept;
           const unsigned word = static_cast<unsigned>(Op::bits(lo)) | (static_cast<unsigned>(Op::bits(hi)) << 16);
           store_async_everywhere<CL>(state_words + state_element<S, KTT>(s + 1, w.col, unit) / 2, word,
-                                     bars + ((s + 1) & 1));
+                                     state_barrier_of_step(bars, s));
         }
       }
     } else {
@@ -323,7 +311,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
         const float v = epilogue(i, j, b);
         if constexpr (Mbar) {
           store_async_everywhere<CL>(state_words + state_element<S, KTT>(s + 1, b, j), Op::bits(v),
-                                     bars + ((s + 1) & 1));
+                                     state_barrier_of_step(bars, s));
         } else {
           store_everywhere<Op, CL>(state_words, state_element<S, KTT>(s + 1, b, j), v);
         }
@@ -358,9 +346,7 @@ __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, 
       if (s + 1 < T) step(s + 1, in1, y1, in0, y0);
     }
   }
-  if constexpr (Mbar) {  // state[T] complete: every store into this CTA has landed
-    if (T > 0) mbarrier_wait(bars + (T & 1), static_cast<unsigned>((T - 1) >> 1) & 1u);
-  }
+  if constexpr (Mbar) state_wait_filled(bars, T);  // every store into this CTA has landed
   if constexpr (!Backward) {  // hy: the last step's output, which this lane wrote (same rounding)
     const int base = row_base(T - 1);
 #pragma unroll
