@@ -18,6 +18,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
@@ -240,14 +241,22 @@ std::unique_ptr<StagedReplay::Recording> capture_steps(std::function<void()> bod
 std::optional<std::vector<int64_t>> graph_context(const StepLayout& lay, const at::Device& device) {
   if (switches::gemm_graph() != switches::GemmGraph::Reuse || lay.T < kGraphMinSteps) return std::nullopt;
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(device.index());
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capture));
-  if (capture != cudaStreamCaptureStatusNone) return std::nullopt;
+  // (the current stream of the current device: the caller's guard has made it the buffers')
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return std::nullopt;
   return std::vector<int64_t>{device.index(), stream.id()};
 }
 
-void record_graph_regime(StagedReplay::Outcome o) {
-  if (o != StagedReplay::Outcome::Eager) switches::record_cuda_regime("gemm_graph");
+// A pass: by replay where graph_context allows it and its kind is recorded (or records now), else
+// eagerly. replay(context) is replay_forward_steps or replay_backward_steps on the call's tensors.
+template <class Replay, class Eager>
+void run_pass(const StepLayout& lay, const at::Device& device, Replay&& replay, Eager&& eager) {
+  StagedReplay::Outcome o = StagedReplay::Outcome::Eager;
+  if (std::optional<std::vector<int64_t>> context = graph_context(lay, device)) o = replay(std::move(*context));
+  if (o == StagedReplay::Outcome::Eager) {
+    eager();
+  } else {
+    switches::record_cuda_regime("gemm_graph");
+  }
 }
 
 }  // namespace
@@ -259,13 +268,13 @@ bool gemm_steps_half_forward(const at::Tensor& out, const at::Tensor& h0, const 
   if (B == 0 || H == 0 || out.size(0) == 0) return true;
   const c10::cuda::CUDAGuard guard(out.device());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "fused_rnn_gemm_steps_half_forward", [&] {
-    StagedReplay::Outcome o = StagedReplay::Outcome::Eager;
-    if (std::optional<std::vector<int64_t>> context = graph_context(lay, out.device())) {
-      o = replay_forward_steps(graph_cache(), std::move(*context), out, h0, w_hh, lay, relu, hy,
-                               forward_steps<scalar_t>, capture_steps);
-    }
-    if (o == StagedReplay::Outcome::Eager) forward_steps<scalar_t>(out, h0, w_hh, lay, relu, hy);
-    record_graph_regime(o);
+    run_pass(
+        lay, out.device(),
+        [&](std::vector<int64_t> context) {
+          return replay_forward_steps(graph_cache(), std::move(context), out, h0, w_hh, lay, relu, hy,
+                                      forward_steps<scalar_t>, capture_steps);
+        },
+        [&] { forward_steps<scalar_t>(out, h0, w_hh, lay, relu, hy); });
   });
   return true;
 }
@@ -277,13 +286,13 @@ bool gemm_steps_half_backward(const at::Tensor& dpre, const at::Tensor& y, const
   if (B == 0 || H == 0 || dpre.size(0) == 0) return true;
   const c10::cuda::CUDAGuard guard(dpre.device());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(dpre.scalar_type(), "fused_rnn_gemm_steps_half_backward", [&] {
-    StagedReplay::Outcome o = StagedReplay::Outcome::Eager;
-    if (std::optional<std::vector<int64_t>> context = graph_context(lay, dpre.device())) {
-      o = replay_backward_steps(graph_cache(), std::move(*context), dpre, y, ghy, w_hh, lay, relu, dh0,
-                                backward_steps<scalar_t>, capture_steps);
-    }
-    if (o == StagedReplay::Outcome::Eager) backward_steps<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0);
-    record_graph_regime(o);
+    run_pass(
+        lay, dpre.device(),
+        [&](std::vector<int64_t> context) {
+          return replay_backward_steps(graph_cache(), std::move(context), dpre, y, ghy, w_hh, lay, relu, dh0,
+                                       backward_steps<scalar_t>, capture_steps);
+        },
+        [&] { backward_steps<scalar_t>(dpre, y, ghy, w_hh, lay, relu, dh0); });
   });
   return true;
 }

@@ -5,6 +5,7 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -174,9 +175,8 @@ Route switch_route(const LayerCall& c) {
 std::optional<Route> tuned_route(const LayerCall& c) {
   if (!c.lay.uniform()) return std::nullopt;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(c.buf.device().index()).stream();
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone) return std::nullopt;
+  // (the current stream of the current device: the op's guard has made it the buffers')
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return std::nullopt;
   static constexpr Route kRoutes[] = {Route::Kernel, Route::Resident, Route::Gemm};
   const at::ScalarType st = c.buf.scalar_type();
   const int64_t B = c.h_in.size(1), steps = std::min(c.lay.T, cuda::kTuneSteps);
