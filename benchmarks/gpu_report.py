@@ -176,12 +176,9 @@ def main():
         if "tests" in result:
             lines.append(f"{result['tests']} tests, {result['failures']} failures, {result['errors']} errors, "
                          f"{result['skipped']} skipped, {result['time']} s")
-            for f in result["failed"]:
-                lines.append(f"- FAILED `{f['test']}`: {f['message']}")
         else:
             lines.append(result["summary"])
-            for f in result.get("failed", []):
-                lines.append(f"- FAILED `{f['test']}` {f['message']}")
+        lines += [f"- FAILED `{f['test']}`: {f['message']}" for f in result.get("failed", [])]
     lines += ["", "## compute-sanitizer (benchmarks/gpu_sanitize.py: every regime, fwd + bwd)", ""]
     lines += [f"- {tool}: {summary}" for tool, summary in san.items()]
     if ncu:
