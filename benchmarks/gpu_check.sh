@@ -178,19 +178,17 @@ stage "bench_resident_half_mbarrier" 45 "--cuda-regime resident, exchange on mba
   --dtype float16,bfloat16 --cuda-regime resident \
   --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024" --out "$WORK/bench_resident_half_mbarrier"
 
-#     float16 on the per-step GEMM path (opt-in) against the default regime, where the kernel loses most
-for regime in gemm auto; do
-  stage "bench_half_gemm_$regime" 60 "--cuda-regime $regime, float16, large H" \
-    "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16 --cuda-regime "$regime" \
-    --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024 64,128,2048,2048" \
-    --out "$WORK/bench_half_gemm_$regime"
+#     float16 on the per-step GEMM path (opt-in) against the default regime, where the kernel loses
+#     most; then the same shapes with the step loop replayed from a CUDA graph
+#     (FUSED_RNN_CUDA_GEMM_GRAPH=reuse, opt-in): beside bench_half_gemm_gemm, what the host's per-step
+#     work cost there. Runs: stage suffix, regime, FUSED_RNN_CUDA_GEMM_GRAPH
+for run in "gemm gemm off" "auto auto off" "graph gemm reuse"; do
+  set -- $run
+  stage "bench_half_gemm_$1" 60 "--cuda-regime $2, FUSED_RNN_CUDA_GEMM_GRAPH=$3, float16, large H" \
+    env FUSED_RNN_CUDA_GEMM_GRAPH="$3" "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16 \
+    --cuda-regime "$2" --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024 64,128,2048,2048" \
+    --out "$WORK/bench_half_gemm_$1"
 done
-#     the same shapes with the step loop replayed from a CUDA graph (FUSED_RNN_CUDA_GEMM_GRAPH=reuse,
-#     opt-in): beside bench_half_gemm_gemm, what the host's per-step work cost there
-stage "bench_half_gemm_graph" 60 "--cuda-regime gemm, FUSED_RNN_CUDA_GEMM_GRAPH=reuse, float16, large H" \
-  env FUSED_RNN_CUDA_GEMM_GRAPH=reuse "$PY" benchmarks/benchmark.py --device cuda --quick --dtype float16 \
-  --cuda-regime gemm --shapes "8,128,512,512 64,128,512,512 8,128,1024,1024 64,128,1024,1024 64,128,2048,2048" \
-  --out "$WORK/bench_half_gemm_graph"
 
 #     float32 with PyTorch's default flags (cuDNN TF32 on, matmul off) where the per-step GEMM regime
 #     runs: the stack's GEMMs in IEEE (FUSED_RNN_CUDA_GEMM_TF32=matmul) against TF32 under nn.RNN's
@@ -219,15 +217,16 @@ for run in "tuned 256" "resident 128"; do
 done
 
 #     the per-step GEMM regime for float16 (opt-in), a few long calls eager against graph-captured:
-#     the share of its time per step that is host work
-stage "graph_vs_eager_half_gemm" 60 "benchmarks/generation.py --seq-len 128 --dtype float16 --cuda-regime gemm" \
-  "$PY" benchmarks/generation.py --steps 4 --seq-len 128 --batch 64 --hidden 2048 --dtype float16 \
-  --cuda-regime gemm --reps 10 --out "$WORK/generation_graph_vs_eager_half_gemm.md"
-#     and with the regime's own step-loop graph (FUSED_RNN_CUDA_GEMM_GRAPH=reuse): its eager column
-#     should come near the captured one, less the staging copies
-stage "graph_vs_eager_half_gemm_reuse" 45 "the same, FUSED_RNN_CUDA_GEMM_GRAPH=reuse" \
-  env FUSED_RNN_CUDA_GEMM_GRAPH=reuse "$PY" benchmarks/generation.py --steps 4 --seq-len 128 --batch 64 \
-  --hidden 2048 --dtype float16 --cuda-regime gemm --reps 10 --out "$WORK/generation_graph_vs_eager_half_gemm_reuse.md"
+#     the share of its time per step that is host work; then with the regime's own step-loop graph
+#     (FUSED_RNN_CUDA_GEMM_GRAPH=reuse), whose eager column should come near the captured one, less
+#     the staging copies. Runs: FUSED_RNN_CUDA_GEMM_GRAPH, limit, stage suffix
+for run in "off 60" "reuse 45 _reuse"; do
+  set -- $run
+  stage "graph_vs_eager_half_gemm${3:-}" "$2" \
+    "benchmarks/generation.py --seq-len 128 --dtype float16 --cuda-regime gemm, FUSED_RNN_CUDA_GEMM_GRAPH=$1" \
+    env FUSED_RNN_CUDA_GEMM_GRAPH="$1" "$PY" benchmarks/generation.py --steps 4 --seq-len 128 --batch 64 \
+    --hidden 2048 --dtype float16 --cuda-regime gemm --reps 10 --out "$WORK/generation_graph_vs_eager_half_gemm${3:-}.md"
+done
 
 # 5a. the bfloat16 racecheck question: racecheck per dtype and regime, and on a minimal standalone
 #     program (benchmarks/racecheck_probe/), to tell a kernel bug from the tool's
