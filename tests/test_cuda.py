@@ -34,14 +34,19 @@ F64 = torch.float64
 ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 4e-3}
 
 
+def set_tf32(cudnn, matmul):
+    """torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, for the rest of the
+    test (the _ieee_fp32 fixture puts the previous values back after it)."""
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 @pytest.fixture(autouse=True)
 def _ieee_fp32():
     """True fp32 on both sides (cuDNN and the fused stack follow cudnn.allow_tf32)."""
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(False, False)
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    set_tf32(*prev)
 
 
 def modules(dtype, I, H, **kw):
@@ -392,13 +397,8 @@ def test_resident_tf32_regime(H, B, T, switch):
     if H > 192 and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("from H = 193 the TF32 kernel runs in thread-block clusters (sm_90)")
     switch("FUSED_RNN_CUDA_REGIME", "resident")
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-    assert ran == "resident_tf32"
+    set_tf32(True, True)
+    assert compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True) == "resident_tf32"
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
@@ -411,13 +411,8 @@ def test_resident_tf32_cluster_exchange(H, B, T, exchange, switch):
     (FUSED_RNN_CUDA_CLUSTER_EXCHANGE; last_cuda_regime resident_tf32_mbarrier); within 2x cuDNN TF32."""
     switch("FUSED_RNN_CUDA_REGIME", "resident")
     switch("FUSED_RNN_CUDA_CLUSTER_EXCHANGE", exchange)
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True,
-                      nonlinearity="relu" if H == 300 else "tanh")
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    set_tf32(True, True)
+    ran = compare(H=H, B=B, T=T, I=7, num_layers=2, bidirectional=True, nonlinearity="relu" if H == 300 else "tanh")
     assert ran == ("resident_tf32" if exchange == "barrier" else "resident_tf32_mbarrier")
 
 
@@ -448,23 +443,19 @@ def test_gemm_tf32_switch_follows_the_rnn_flag(regime, H, B, packed, switch):
     the gemm regime every step's product) run on TF32 through cuBLAS directly (cublas_gemm.cu). The
     results move off the IEEE ones by TF32's rounding and stay within 2x cuDNN's TF32 error."""
     switch("FUSED_RNN_CUDA_REGIME", regime)
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
-    try:
-        switch("FUSED_RNN_CUDA_GEMM_TF32", "rnn")
-        assert compare(H=H, B=B, T=5, I=40, num_layers=2, bidirectional=True, packed=packed) == (
-            "gemm" if regime == "gemm" else "single")
-        torch.manual_seed(0)
-        _, _, fused = modules(torch.float32, 40, H, num_layers=2, bidirectional=True)
-        x = cast(make_input(5, B, 40, packed), torch.float32)
-        g_out = torch.randn(*(x.data.shape[:-1] if packed else x.shape[:-1]), 2 * H, device=DEV, dtype=F64)
-        g_hn = torch.randn(4, B, H, device=DEV, dtype=F64)
-        runs = {}
-        for rule in ("matmul", "rnn"):
-            switch("FUSED_RNN_CUDA_GEMM_TF32", rule)
-            runs[rule] = cuda_run(fused, x, None, g_out, g_hn)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+    set_tf32(True, False)
+    switch("FUSED_RNN_CUDA_GEMM_TF32", "rnn")
+    assert compare(H=H, B=B, T=5, I=40, num_layers=2, bidirectional=True, packed=packed) == (
+        "gemm" if regime == "gemm" else "single")
+    torch.manual_seed(0)
+    _, _, fused = modules(torch.float32, 40, H, num_layers=2, bidirectional=True)
+    x = cast(make_input(5, B, 40, packed), torch.float32)
+    g_out = torch.randn(*(x.data.shape[:-1] if packed else x.shape[:-1]), 2 * H, device=DEV, dtype=F64)
+    g_hn = torch.randn(4, B, H, device=DEV, dtype=F64)
+    runs = {}
+    for rule in ("matmul", "rnn"):
+        switch("FUSED_RNN_CUDA_GEMM_TF32", rule)
+        runs[rule] = cuda_run(fused, x, None, g_out, g_hn)
     for name, ieee in runs["matmul"].items():
         if isinstance(ieee, torch.Tensor) and ieee.is_floating_point():
             moved = (runs["rnn"][name] - ieee).abs().max().item()
