@@ -6,7 +6,8 @@
 #   3. the GPU benchmark (benchmarks/benchmark.py --device cuda --quick)
 #   3b. the benchmark again with TF32 allowed, float32 and float16
 #   3c. the generation row (benchmarks/generation.py), default regime
-#   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd)
+#   4. compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitize.py (every regime, fwd + bwd;
+#      the resident cluster kernels at the sizes that need them, both exchanges)
 #   5. A/B of the opt-in paths, each beside the default regime: the SM-resident regimes (float32 TF32
 #      off and on, float16 and bfloat16), their clusters' exchange on mbarriers
 #      (FUSED_RNN_CUDA_CLUSTER_EXCHANGE), the half per-step GEMMs eager and replayed from their own
@@ -129,6 +130,8 @@ for tool in memcheck racecheck; do
   stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
     "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \
     resident float32 bfloat16
+  stage "${tool}_cluster" 75 "kernel filter kns=resident_, the cluster kernels (FFMA, TF32, float16, bfloat16), both exchanges" \
+    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py cluster
 done
 
 #    memcheck, no kernel filter, on the paths new since the last run: packed input (the step table's

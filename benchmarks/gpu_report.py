@@ -99,8 +99,11 @@ def sanitizer(work, tool):
     if not os.path.exists(path):
         return "not run"
     text = open(path, errors="replace").read()
-    found = re.findall(r"(ERROR SUMMARY: .*|RACECHECK SUMMARY: .*|compute-sanitizer not found.*|MISMATCH.*)", text)
-    return "; ".join(found) if found else "no summary line (see log)"
+    found = re.findall(r"(ERROR SUMMARY: .*|RACECHECK SUMMARY: .*|compute-sanitizer not found.*|MISMATCH.*|"
+                       r"WRONG KERNEL.*)", text)
+    runs = re.findall(r"^regime=.*$", text, re.M)  # one line per configuration gpu_sanitize.py finished
+    checked = f"{len(runs)} configurations finished, {sum(r.endswith(' ok') for r in runs)} ok"
+    return "; ".join(found + [checked]) if found else f"no summary line (see log); {checked}"
 
 
 def ncu_summary(text):
@@ -148,7 +151,8 @@ def main():
     tr = tests(work)
     tr_resident = tests(work, "test_cuda_resident.xml", "tests_resident.log")
     san = {tool: sanitizer(work, tool)
-           for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_new_paths")}
+           for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_cluster",
+                        "racecheck_cluster", "memcheck_new_paths")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
     bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
     bench_md, bench = {}, {}

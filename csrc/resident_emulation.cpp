@@ -15,6 +15,9 @@
 //     into every CTA's state (the emulation keeps one state per CTA).
 //   torch.ops.fused_rnn_emulation.resident_plan(H, B, D, sms) -> [shape, bt, ctas, threads, k capacity,
 //     row capacity (of the cluster), CTAs per cluster]
+//   torch.ops.fused_rnn_emulation.resident_mma_plan(H, shape) -> [tiling, CTAs per cluster, k parts,
+//     row capacity, tilings of the shape]: the tiling the tensor-core launcher takes on sm_90
+//     (mma::tiling_for; -1 and zeros where H is too large)
 //   torch.ops.fused_rnn_emulation.resident_mma(buf, y, h_in, w_hh, relu, backward, shape) -> (buf, h_out)
 //     the same for the tensor-core kernel (cuda/resident_mma_cuda.cu, cuda/mma_layout.h), shape
 //     "m16n8k16" (float16/bfloat16) or "m16n8k8" (TF32): the PTX ISA fragment layouts, the A
@@ -556,11 +559,32 @@ std::vector<int64_t> resident_plan(int64_t H, int64_t B, int64_t D, int64_t sms)
   return out;
 }
 
+template <class S>
+std::vector<int64_t> mma_plan_of(int64_t H) {
+  const int tiling = mma::tiling_for<S>(H);
+  std::vector<int64_t> out{tiling, 0, 0, 0, mma::kTilings<S>};
+  if (tiling >= 0) {
+    mma::with_tiling<S>(tiling, [&](auto t) {
+      using Tl = decltype(t);
+      out[1] = Tl::C;
+      out[2] = Tl::KP;
+      out[3] = Tl::kHidden;
+    });
+  }
+  return out;
+}
+
+std::vector<int64_t> resident_mma_plan(int64_t H, c10::string_view shape) {
+  TORCH_CHECK(shape == "m16n8k16" || shape == "m16n8k8", "resident mma plan: shape m16n8k16 or m16n8k8");
+  return shape == "m16n8k16" ? mma_plan_of<mma::M16N8K16>(H) : mma_plan_of<mma::M16N8K8>(H);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fused_rnn_emulation, m) {
   m.def("resident(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, int sms) -> (Tensor, Tensor)");
   m.def("resident_plan(int H, int B, int D, int sms) -> int[]", TORCH_FN(resident_plan));
+  m.def("resident_mma_plan(int H, str shape) -> int[]", TORCH_FN(resident_mma_plan));
   m.def("resident_mma(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, str shape) -> (Tensor, Tensor)");
   m.impl("resident", c10::DispatchKey::CPU, TORCH_FN(emulate_resident));
   m.impl("resident_mma", c10::DispatchKey::CPU, TORCH_FN(emulate_resident_mma));

@@ -47,3 +47,26 @@ def test_gpu_report_reads_a_cut_off_test_log(tmp_path):
                                  "[H512-mbarrier]`")
     assert result["failed"] == [{"test": "tests/test_cuda.py::test_b[y]", "message": "(from the log)"}]
     assert "no log" in gpu_report.tests(str(tmp_path), "missing.xml", "missing.log")["summary"]
+
+
+def test_gpu_report_sanitizer_summary_counts_configurations(tmp_path):
+    """The sanitizer line of the GPU report: the tool's summary, and how many of gpu_sanitize.py's
+    configurations finished and passed, so that a stage cut off half way, a mismatch against the CPU
+    and a kernel other than the one a cluster case names each show in the report."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import gpu_report
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "memcheck_cluster.log").write_text(
+        "regime=cluster  (ran resident_cluster         ) dtype=float32  H=201 tf32=off exchange=barrier  "
+        "max rel. diff vs CPU 1.0e-07 ok\n"
+        "regime=cluster  (ran resident                 ) dtype=float32  H=301 tf32=off exchange=barrier  "
+        "max rel. diff vs CPU 1.0e-07 ok WRONG KERNEL (expected resident_cluster)\n"
+        "regime=cluster  (ran resident_tf32            ) dtype=float32  H=201 tf32=on  exchange=barrier  "
+        "max rel. diff vs CPU 9.0e-01 MISMATCH\n"
+        "========= ERROR SUMMARY: 0 errors\n")
+    summary = gpu_report.sanitizer(str(tmp_path), "memcheck_cluster")
+    assert summary == ("WRONG KERNEL (expected resident_cluster); MISMATCH; ERROR SUMMARY: 0 errors; "
+                       "3 configurations finished, 1 ok")
+    assert gpu_report.sanitizer(str(tmp_path), "racecheck_cluster") == "not run"

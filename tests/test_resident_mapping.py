@@ -174,3 +174,47 @@ def test_mma_emulation_refuses_hidden_sizes_over_the_largest_tiling(shape, H):
     buf, y, h_in, w = inputs(1, 1, H, 1, seed=3)
     with pytest.raises(RuntimeError, match="over the largest tiling"):
         emulation.resident_mma(buf, y, h_in, w, False, False, shape)
+
+
+
+def test_sanitizer_script_reaches_every_cluster_shape():
+    """benchmarks/gpu_sanitize.py's `cluster` configurations, the only compute-sanitizer run of the
+    cluster kernels: by the launchers' own plans (sm_90) they cover every cluster shape of the FFMA
+    kernel and every cluster tiling of the tensor-core kernel (TF32; float16 and bfloat16 each), with
+    both exchanges, and each names the kernel it must find running. A cluster shape added to a
+    launcher without a sanitizer case fails here."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        import gpu_sanitize
+    finally:
+        sys.path.pop(0)
+
+    def ffma_shape(H):  # the FFMA launcher's shape for H, if a cluster (else None)
+        p = emulation.resident_plan(H, 1, 2, H200_SMS)
+        return p[0] if p[6] > 1 else None
+
+    def mma_tiling(H, shape):  # the tensor-core launcher's tiling for H, if a cluster (else None)
+        p = emulation.resident_mma_plan(H, shape)
+        return p[0] if p[1] > 1 else None
+
+    all_ffma = {ffma_shape(H) for H in range(1, 2049)} - {None}
+    all_mma = {s: {mma_tiling(H, s) for H in range(1, 2049)} - {None} for s in ("m16n8k16", "m16n8k8")}
+    assert all_ffma and all(all_mma.values())
+
+    cases = gpu_sanitize.configs(["cluster"])
+    for exchange, suffix in (("barrier", ""), ("mbarrier", "_mbarrier")):
+        mine = [c for c in cases if c.exchange == exchange]
+        ffma = [c for c in mine if c.dtype == "float32" and not c.tf32]
+        tf32 = [c for c in mine if c.tf32]
+        assert {ffma_shape(c.hidden) for c in ffma} == all_ffma
+        assert {c.expect for c in ffma} == {"resident_cluster" + suffix}
+        assert {mma_tiling(c.hidden, "m16n8k8") for c in tf32} == all_mma["m16n8k8"]
+        assert {c.expect for c in tf32} == {"resident_tf32" + suffix}
+        for dtype in ("float16", "bfloat16"):
+            half = [c for c in mine if c.dtype == dtype]
+            assert {mma_tiling(c.hidden, "m16n8k16") for c in half} == all_mma["m16n8k16"], dtype
+            assert {c.expect for c in half} == {"resident_mma" + suffix}
+        assert all(c.hidden % 2 == 1 and not c.packed and c.switch_regime == "resident" for c in mine)
