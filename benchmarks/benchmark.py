@@ -4,9 +4,10 @@
     python benchmarks/benchmark.py --quick                  # CPU, 2 threads, < 3 min on 2 cores
     python benchmarks/benchmark.py                          # CPU, full sweep
     python benchmarks/benchmark.py --device cuda --quick    # GPU key shapes, ~2 min on an H100
-    python benchmarks/benchmark.py --shapes "1,1000,10,20,1,F 16,128,64,128,2,T" --modes fwd
+    python benchmarks/benchmark.py --shapes "1,1000,10,20,1,F 16,128,64,128,2,T 64,128,256,256,1,F,P" --modes fwd
 
-Shapes are written B,T,I,H,L,bidirectional (input is time-major [T, B, I]). Per row and mode it
+Shapes are written B,T,I,H,L,bidirectional[,P] (input is time-major [T, B, I]; P: a PackedSequence of
+B sequences whose lengths fall evenly from T to T/4, in a fixed shuffled order). Per row and mode it
 reports the per-step latency (µs/step = median time per call / T), achieved GFLOP/s and the speedup
 nn.RNN time / fused time. Method (benchmarks/README.md): correctness check
 first, warm-up, then interleaved samples of A, B (and ONNX Runtime) in one process and the median;
@@ -50,17 +51,29 @@ class Shape:
     H: int
     L: int = 1
     bidir: bool = False
+    packed: bool = False  # input as a PackedSequence of lengths(): T down to T/4
 
     @property
     def D(self):
         return 2 if self.bidir else 1
 
+    def lengths(self):
+        """The packed row's sequence lengths [B]: evenly from T down to max(1, T // 4), in a fixed
+        shuffled order (so pack_padded_sequence(enforce_sorted=False) has a real permutation)."""
+        low = max(1, self.T // 4)
+        lens = torch.tensor([self.T - (self.T - low) * b // max(1, self.B - 1) for b in range(self.B)])
+        return lens[torch.randperm(self.B, generator=torch.Generator().manual_seed(1))]
+
+    def steps(self):
+        """Rows of input the recurrence runs: B*T, or the sum of the lengths when packed."""
+        return int(self.lengths().sum()) if self.packed else self.B * self.T
+
     def label(self):
         return f"B{self.B} T{self.T} I{self.I} H{self.H}" + (f" L{self.L}" if self.L > 1 else "") + \
-            (" bi" if self.bidir else "")
+            (" bi" if self.bidir else "") + (" packed" if self.packed else "")
 
     def fwd_flop(self):
-        return sum(2 * self.B * self.T * self.D * ((self.I if l == 0 else self.D * self.H) * self.H
+        return sum(2 * self.steps() * self.D * ((self.I if l == 0 else self.D * self.H) * self.H
                                                    + self.H * self.H) for l in range(self.L))
 
 
@@ -70,28 +83,32 @@ CPU_QUICK = [S(3, 4, 10, 20), S(1, 1000, 10, 20), S(32, 128, 64, 128), S(16, 128
              S(16, 512, 128, 256), S(64, 256, 256, 512)]
 CPU_FULL = CPU_QUICK + [S(1, 100, 32, 64), S(8, 256, 32, 64), S(1, 512, 128, 128), S(128, 64, 64, 128),
                         S(4, 256, 128, 256, 3), S(1, 128, 512, 1024), S(32, 64, 1024, 1024)]
-CUDA_FULL = [S(B, T, H, H) for T in (128, 1024) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
-# Key shapes: every H at T=128 for latency-bound (B=1) and throughput (B=64) batches, the
-# B<=64, H in {512, 1024} goal region also at T=1024, and the largest batch at two sizes.
-CUDA_QUICK = ([S(B, 128, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 64)]
-              + [S(8, 1024, H, H) for H in (512, 1024)] + [S(256, 128, H, H) for H in (256, 1024)])
+# The GPU quick sweep of the GPU issues' acceptance rows: B in {1, 8, 64, 256} x H in {64, 256, 512,
+# 1024, 2048} at T = 128, I = H, then a 2-layer bidirectional H = 256 row and a packed-input row.
+CUDA_QUICK = ([S(B, 128, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
+              + [S(64, 128, 256, 256, 2, True), S(64, 128, 256, 256, packed=True)])
+CUDA_FULL = CUDA_QUICK + [S(B, 1024, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
 
 
 def parse_shapes(text):
-    """'B,T,I,H[,L[,bidir]]' items separated by spaces or ';'. bidir: T/F, 1/0, true/false, bi/uni."""
+    """'B,T,I,H[,L[,bidir[,P]]]' items separated by spaces or ';'. bidir: T/F, 1/0, true/false, bi/uni;
+    P (or packed): packed input."""
     shapes = []
     for item in text.replace(";", " ").split():
         parts = item.split(",")
-        if not 4 <= len(parts) <= 6:
-            raise argparse.ArgumentTypeError(f"shape {item!r}: expected B,T,I,H[,L[,bidir]]")
+        if not 4 <= len(parts) <= 7:
+            raise argparse.ArgumentTypeError(f"shape {item!r}: expected B,T,I,H[,L[,bidir[,P]]]")
         nums = [int(p) for p in parts[:5]]
         bidir = False
-        if len(parts) == 6:
+        if len(parts) >= 6:
             flag = parts[5].strip().lower()
             if flag not in ("t", "f", "1", "0", "true", "false", "bi", "uni", "2"):
                 raise argparse.ArgumentTypeError(f"shape {item!r}: bidirectional flag {parts[5]!r}")
             bidir = flag in ("t", "1", "true", "bi", "2")
-        shapes.append(Shape(*nums, bidir=bidir))
+        packed = len(parts) == 7
+        if packed and parts[6].strip().lower() not in ("p", "packed"):
+            raise argparse.ArgumentTypeError(f"shape {item!r}: packed flag {parts[6]!r} (expected P)")
+        shapes.append(Shape(*nums, bidir=bidir, packed=packed))
     return shapes
 
 
@@ -274,6 +291,23 @@ def max_rel_diff(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() if b.numel() else 0.0
 
 
+def prepare(x, lengths, requires_grad=False):
+    """The module input for x [T, B, I]: x itself, or (lengths given) x packed as a PackedSequence.
+    Returns (input, leaf): leaf is the tensor whose .grad is the input gradient."""
+    if lengths is None:
+        leaf = x.detach().requires_grad_(requires_grad)
+        return leaf, leaf
+    p = nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    leaf = p.data.detach().requires_grad_(requires_grad)
+    return nn.utils.rnn.PackedSequence(leaf, p.batch_sizes, p.sorted_indices, p.unsorted_indices), leaf
+
+
+def call(mod, inp):
+    """mod(inp) -> (output [T, B, D*H], or the packed output's rows [N, D*H]; h_n)."""
+    out, hn = mod(inp)
+    return (out.data if isinstance(out, nn.utils.rnn.PackedSequence) else out), hn
+
+
 def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     """Correctness check, then timing of every mode. Returns a list of result rows (dicts)."""
     dtype = DTYPES[dtype_name]
@@ -294,6 +328,7 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     base.flatten_parameters()
     x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype)
     x_base = x.to(base_dtype)
+    lengths = shape.lengths() if shape.packed else None
 
     tol_key = "float32+tf32" if (dtype == torch.float32 and device == "cuda" and args.tf32 != "off") else dtype_name
     tol = TOLERANCE["bfloat16" if base_dtype != dtype else tol_key]
@@ -302,9 +337,9 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     regime = ""
     # --- correctness: forward output and h_n, then (if timed) every gradient -------------------
     with torch.no_grad():
-        y_ref, h_ref = base(x_base)
+        y_ref, h_ref = call(base, prepare(x_base, lengths)[0])
         try:
-            y, h = fused_mod(x)
+            y, h = call(fused_mod, prepare(x, lengths)[0])
             regime = fused_rnn._C.last_cuda_regime() if device == "cuda" else ""
             check["fwd_output"] = max_rel_diff(y, y_ref)
             check["fwd_h_n"] = max_rel_diff(h, h_ref)
@@ -317,16 +352,16 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     ref64 = copy.deepcopy(ref).to(dtype).double() if dtype != torch.float64 and "fused" not in errors else None
     if ref64 is not None:
         with torch.no_grad():
-            y64, h64 = ref64(x.double())
+            y64, h64 = call(ref64, prepare(x.double(), lengths)[0])
         accuracy["fwd"] = {"fused": max(max_rel_diff(y, y64), max_rel_diff(h, h64)),
                            "nn.RNN": max(max_rel_diff(y_ref, y64), max_rel_diff(h_ref, h64))}
     if "fwdbwd" in modes and "fused" not in errors:
         grads = []
         for mod, inp in ((base, x_base), (fused_mod, x)) + (((ref64, x.double()),) if ref64 is not None else ()):
-            xi = inp.detach().requires_grad_()
-            out, hn = mod(xi)
+            packed_or_x, leaf = prepare(inp, lengths, requires_grad=True)
+            out, hn = call(mod, packed_or_x)
             (out.sum() + hn.sum()).backward()
-            grads.append([xi.grad] + [p.grad for p in mod.parameters()])
+            grads.append([leaf.grad] + [p.grad for p in mod.parameters()])
             mod.zero_grad(set_to_none=True)
         check["bwd_grads"] = max(max_rel_diff(g, r) for g, r in zip(grads[1], grads[0]))
         if ref64 is not None:
@@ -336,7 +371,9 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
         e["within_2x"] = e["fused"] <= 2 * e["nn.RNN"] + ATOL_VS_FLOAT64.get(dtype_name, 0.0)
 
     ort_sess = None
-    if device == "cpu" and "fwd" in modes and not args.no_onnx:
+    if device == "cpu" and "fwd" in modes and not args.no_onnx and shape.packed:
+        notes.append("ONNX Runtime skipped: packed input (the ORT graph here takes padded input only)")
+    elif device == "cpu" and "fwd" in modes and not args.no_onnx:
         ort_sess, why = onnx_session(base, args.threads)
         if ort_sess is None:
             notes.append(f"ONNX Runtime skipped: {why}")
@@ -354,9 +391,11 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
     for mode in modes:
         if mode == "fwd":
             def fwd(mod, inp):
+                packed_or_x = prepare(inp, lengths)[0]
+
                 def run():
                     with torch.no_grad():
-                        mod(inp)
+                        mod(packed_or_x)
                 return run
             cands = {"nn.RNN": fwd(base, x_base)}
             if "fused" not in errors:
@@ -366,13 +405,13 @@ def bench_shape(shape, dtype_name, modes, device, args, cfg, timer):
         else:
             def fwdbwd(mod, inp):
                 params = list(mod.parameters())
-                xi = inp.detach().requires_grad_()
+                packed_or_x, leaf = prepare(inp, lengths, requires_grad=True)
 
                 def run():
-                    xi.grad = None
+                    leaf.grad = None
                     for p in params:
                         p.grad = None
-                    out, hn = mod(xi)
+                    out, hn = call(mod, packed_or_x)
                     (out.sum() + hn.sum()).backward()
                 return run
             cands = {"nn.RNN": fwdbwd(base, x_base)}
@@ -425,7 +464,9 @@ def header_lines(env):
              "- Method: correctness check, warm-up, interleaved samples (nn.RNN / fused / ORT), median; "
              + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter")
              + "; fwd under torch.no_grad(), fwd+bwd = forward + (output.sum()+h_n.sum()).backward(), "
-               "input requires grad, grads set to None per call; time-major input, h0 = zeros, tanh",
+               "input requires grad, grads set to None per call; time-major input, h0 = zeros, tanh; "
+               "packed rows: lengths T down to T/4 in a shuffled order, packed once outside the timed call, "
+               "GFLOP/s over the packed rows",
              "- max rel diff: fused against nn.RNN, max |a - b| / max(1, max |b|) over the outputs (fwd) and "
              "gradients (fwd+bwd); error vs float64: each against nn.RNN run in float64 on the same dtype-rounded "
              "weights and input (⚠: fused over 2x nn.RNN's error plus the tests' atol)",
@@ -463,7 +504,8 @@ def table_lines(rows, multi_dtype):
         diff = fmt(max(diffs), ".1e") if diffs else "—"
         if not r["check"]["ok"]:
             diff += " ⚠"
-        cells = ([s["B"], s["T"], s["I"], s["H"], s["L"], "bi" if s["bidir"] else "uni"]
+        cells = ([s["B"], s["T"], s["I"], s["H"], s["L"],
+                  ("bi" if s["bidir"] else "uni") + (" packed" if s.get("packed") else "")]
                  + ([r["dtype"] + ("" if r["baseline_dtype"] == r["dtype"] else f" (nn.RNN {r['baseline_dtype']})")]
                     if multi_dtype else [])
                  + ["fwd" if r["mode"] == "fwd" else "fwd+bwd"]

@@ -1,6 +1,7 @@
 """benchmarks/benchmark.py end to end on the CPU at one tiny shape: it runs, its correctness check
 passes, and every row carries the error against float64 of both implementations, fused within the
-tests' 2x rule. A smoke test of the script that produces the README's tables; no timing is asserted."""
+tests' 2x rule, packed-input rows included. A smoke test of the script that produces the README's
+tables; no timing is asserted."""
 import json
 import os
 import subprocess
@@ -11,12 +12,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_benchmark_script_reports_error_against_float64(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "--shapes", "3,4,10,20 2,5,6,8,2,T",
+        [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "--shapes", "3,4,10,20 2,5,6,8,2,T 4,6,5,7,2,T,P",
          "--dtype", "float32,bfloat16", "--no-onnx", "--min-time", "0.01", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.load(open(tmp_path / "results.json"))["rows"]
-    assert len(rows) == 2 * 2 * 2  # shapes x dtypes x modes
+    assert len(rows) == 3 * 2 * 2  # shapes x dtypes x modes
+    packed = [r for r in rows if r["shape"]["packed"]]
+    assert len(packed) == 4 and all(r["label"] == "B4 T6 I5 H7 L2 bi packed" for r in packed)
+    # lengths 6, 5, 3, 1 (T down to T/4): FLOP over their 15 rows, not B*T = 24
+    fwd_flop = 2 * 15 * 2 * ((5 + 7) * 7 + (2 * 7 + 7) * 7)
+    assert sorted(r["flop"] for r in packed) == [fwd_flop, fwd_flop, 3 * fwd_flop, 3 * fwd_flop]
     atol = {"float32": 1e-6, "bfloat16": 4e-3}
     for r in rows:
         assert r["check"]["ok"], r["check"]
