@@ -14,6 +14,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import acceptance  # benchmarks/acceptance.py (this script's folder is on sys.path when run as a script)
+
 
 def sh(cmd):
     try:
@@ -189,6 +191,8 @@ def main():
         lines += ["", "## Nsight Compute (benchmarks/gpu_profile.py; full output in ncu.log)", ""]
         lines += ncu
     compact = compact_table(bench)
+    accepted = acceptance.table(bench)
+    lines += ["", "## The GPU issues' acceptance rows (benchmarks/acceptance.py)", ""] + accepted
     lines += ["", "## Compact: speedup of fused over nn.RNN, every benchmark run (! below 1.0x)", ""] + compact
     for d, md in bench_md.items():
         lines += ["", f"## Benchmark `{d}` (benchmarks/benchmark.py --device cuda)", "", md]
@@ -207,6 +211,8 @@ def main():
     with open(json_path, "w") as f:
         json.dump({"environment": env, "stages": st, "tests": tr, "tests_resident": tr_resident, "sanitizer": san, "benchmark": bench}, f, indent=1)
     print(f"wrote {md_path} and {json_path}")
+    print("\nThe GPU issues' acceptance rows:\n")
+    print("\n".join(accepted))
     print("\nSpeedup of fused over nn.RNN, every benchmark run (! below 1.0x):\n")
     print("\n".join(compact))
 

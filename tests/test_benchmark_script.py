@@ -76,3 +76,43 @@ def test_gpu_report_sanitizer_summary_counts_configurations(tmp_path):
     assert summary == ("WRONG KERNEL (expected resident_cluster); MISMATCH; ERROR SUMMARY: 0 errors; "
                        "3 configurations finished, 1 ok")
     assert gpu_report.sanitizer(str(tmp_path), "racecheck_cluster") == "not run"
+
+
+def test_acceptance_table_judges_the_issue_rows():
+    """benchmarks/acceptance.py on made-up GPU results: a row under its criterion's speedup is named,
+    a sweep row the run lacks is counted, a run is judged only by the criteria of its own TF32 setting,
+    a criterion no run covers says so, and the error rule reads benchmark.py's verdict."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import acceptance
+    finally:
+        sys.path.pop(0)
+
+    def row(k, dtype, mode, speedup, within_2x=True):
+        B, H, L, bidir, packed = k
+        label = f"B{B} T128 I{H} H{H}" + (f" L{L}" if L > 1 else "") + (" bi" if bidir else "") + (
+            " packed" if packed else "")
+        return {"shape": {"B": B, "T": 128, "I": H, "H": H, "L": L, "bidir": bidir, "packed": packed},
+                "label": label, "dtype": dtype, "mode": mode, "baseline_dtype": dtype,
+                "speedup": {"vs_nn.RNN": speedup}, "check": {"ok": True},
+                "error_vs_float64": {"fused": 1e-3, "nn.RNN": 1e-3, "within_2x": within_2x}}
+
+    env = {"device": "cuda", "tf32": "off", "cuda_regime": "auto"}
+    f32 = [row(k, "float32", m, 1.9 if (k[:2] == (8, 64) and m == "fwd") else 2.5)
+           for k in acceptance.sweep() for m in ("fwd", "fwdbwd") if not (k[:2] == (256, 2048) and m == "fwdbwd")]
+    f16 = [row(k, "float16", m, 1.2, within_2x=k[:2] != (1, 64)) for k in acceptance.sweep() for m in ("fwd", "fwdbwd")]
+    f16 += [row((64, 128, 1, False, False), "float16", "fwd", 9.0)]  # H 128: not a sweep row, ignored
+    lines = acceptance.table({"bench": {"environment": env, "rows": f32},
+                              "half": {"environment": dict(env, tf32="on"), "rows": f16},
+                              "cpu": {"environment": {"device": "cpu"}, "rows": f32}})
+    cells = {(ln.split(" | ")[1], ln.split(" | ")[2]): ln.split(" | ")[3:] for ln in lines[2:]}
+    assert cells[("float32, TF32 off: every row >= 1.0x", "bench (auto, TF32 off)")] == ["43/43", "1", "— |"]
+    assert cells[("float32, TF32 off, H <= 256, B <= 64: fwd >= 2x", "bench (auto, TF32 off)")] == [
+        "7/8", "—", "B8 T128 I64 H64 float32 fwd: 1.90x |"]
+    assert cells[("float32, TF32 off, H 512-1024, B <= 64: fwd+bwd >= 1.5x", "bench (auto, TF32 off)")][0] == "**yes**"
+    assert cells[("float32, TF32 on: every row >= 1.0x", "(no run has these rows)")] == ["—", "—", "— |"]
+    assert cells[("float16: every row >= 1.0x", "half (auto, TF32 on)")][0] == "**yes**"
+    assert cells[("float16, H 512-1024, B <= 64: >= 1.5x", "half (auto, TF32 on)")][0] == "0/12"
+    err = cells[("float16: error against float64 <= 2x nn.RNN's", "half (auto, TF32 on)")]
+    assert err[:2] == ["42/44", "—"] and err[2].count("fused 1.0e-03 against nn.RNN 1.0e-03") == 2
+    assert not any("cpu (" in ln for ln in lines)
