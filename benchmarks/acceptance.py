@@ -18,6 +18,7 @@ against cuDNN bfloat16, or cuDNN float16 where the table says so; error within t
 """
 import json
 import os
+import re
 import sys
 from typing import Callable, NamedTuple, Tuple
 
@@ -145,6 +146,29 @@ def table(runs):
         if not any_run:
             lines.append(f"| {c.issue} | {c.text} | (no run has these rows) | — | — | — |")
     return lines
+
+
+def generation(name, text):
+    """The generation row (issue 11: B = 1, H = 256, successive T = 1 calls, >= 1.0x eager and graph-
+    captured, TF32 off and on) judged on a table of benchmarks/generation.py: one table line, or
+    none where the file is another shape or dtype."""
+    if not re.search(r"calls of T = 1, B = 1, I = H = 256, float32,", text):
+        return []
+    cells, short = [], []
+    for line in text.splitlines():
+        m = re.match(r"\| (off|on) \| (eager|graph) \|.*\| ([0-9.]+)× \|[^|]*\|$", line)
+        if m:
+            cells.append(m.groups())
+        elif re.match(r"\| (off|on) \| (eager|graph) \|", line):
+            tf32, mode = line.split(" | ")[:2]
+            short.append(f"TF32 {tf32.strip('| ')} {mode}: no speedup (see the table)")
+    short += [f"TF32 {tf32} {mode}: {sp}x" for tf32, mode, sp in cells if float(sp) < 1.0]
+    found = len(cells) + sum("no speedup" in x for x in short)
+    missing = 4 - found
+    met = found - len(short)
+    mark = "**yes**" if met == 4 else f"{met}/{found}"
+    return [f"| 11 | generation row (B 1, H 256, 256 calls of T = 1), TF32 off and on, eager and graph: >= 1.0x "
+            f"| {name} | {mark} | {missing or '—'} | {'; '.join(short) or '—'} |"]
 
 
 def main(argv):

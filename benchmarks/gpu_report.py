@@ -192,6 +192,8 @@ def main():
         lines += ncu
     compact = compact_table(bench)
     accepted = acceptance.table(bench)
+    for name in sorted(f for f in os.listdir(work) if f.startswith("generation_") and f.endswith(".md")):
+        accepted += acceptance.generation(name[:-3], open(os.path.join(work, name)).read())
     lines += ["", "## The GPU issues' acceptance rows (benchmarks/acceptance.py)", ""] + accepted
     lines += ["", "## Compact: speedup of fused over nn.RNN, every benchmark run (! below 1.0x)", ""] + compact
     for d, md in bench_md.items():

@@ -116,3 +116,27 @@ def test_acceptance_table_judges_the_issue_rows():
     err = cells[("float16: error against float64 <= 2x nn.RNN's", "half (auto, TF32 on)")]
     assert err[:2] == ["42/44", "—"] and err[2].count("fused 1.0e-03 against nn.RNN 1.0e-03") == 2
     assert not any("cpu (" in ln for ln in lines)
+
+
+def test_acceptance_reads_the_generation_row():
+    """acceptance.generation on a table as benchmarks/generation.py writes it: a row under 1.0x and a
+    row whose capture failed fall short; another shape's table is not the issue's row."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import acceptance
+    finally:
+        sys.path.pop(0)
+    head = ("# Generation row: 256 calls of T = 1, B = 1, I = H = 256, float32, NVIDIA H200, torch 2.11, "
+            "cuDNN 91900, fused regime forced: auto\n\n"
+            "| TF32 | mode | nn.RNN µs/step | fused µs/step | fused regime | speedup | max rel diff of final h |\n"
+            "|---|---|---|---|---|---|---|\n")
+    text = head + ("| off | eager | 10.00 | 5.00 | single | 2.00× | 1.0e-06 |\n"
+                   "| off | graph | 4.00 | 5.00 | single | 0.80× | 1.0e-06 |\n"
+                   "| on | eager | 10.00 | 5.00 | single | 2.00× | 1.0e-03 |\n"
+                   "| on | graph | 4.00 | error: capture failed | single | — | 1.0e-03 |\n")
+    (line,) = acceptance.generation("generation_auto_h256", text)
+    cells = line.split(" | ")
+    assert cells[2:6] == ["generation_auto_h256", "2/4", "—", "TF32 on graph: no speedup (see the table); TF32 off graph: 0.80x |"]
+    good = text.replace("0.80×", "1.25×").replace("error: capture failed | single | —", "3.00 | single | 1.33×")
+    assert acceptance.generation("g", good)[0].split(" | ")[3] == "**yes**"
+    assert acceptance.generation("g", text.replace("I = H = 256", "I = H = 128")) == []
