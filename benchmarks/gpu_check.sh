@@ -127,11 +127,11 @@ for tool in memcheck racecheck; do
     stage "$tool" 90 "all kernels (the kernel-name filter was rejected)" \
       "$SAN" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/gpu_sanitize.py auto grid step gemm
   fi
-  stage "${tool}_resident" 60 "kernel filter kns=resident_ (FFMA and tensor-core kernels), float32, bfloat16" \
+  #  the resident kernels (FFMA, TF32, float16, bfloat16) in one CTA, then in each cluster shape with
+  #  both exchanges (gpu_sanitize.py cluster), in one process
+  stage "${tool}_resident" 90 "kernel filter kns=resident_, regimes resident and cluster (every cluster shape, both exchanges)" \
     "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py \
-    resident float32 bfloat16
-  stage "${tool}_cluster" 75 "kernel filter kns=resident_, the cluster kernels (FFMA, TF32, float16, bfloat16), both exchanges" \
-    "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=resident_ "$PY" benchmarks/gpu_sanitize.py cluster
+    resident cluster
 done
 
 #    memcheck, no kernel filter, on the paths new since the last run: packed input (the step table's

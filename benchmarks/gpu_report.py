@@ -153,8 +153,7 @@ def main():
     tr = tests(work)
     tr_resident = tests(work, "test_cuda_resident.xml", "tests_resident.log")
     san = {tool: sanitizer(work, tool)
-           for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_cluster",
-                        "racecheck_cluster", "memcheck_new_paths")}
+           for tool in ("memcheck", "racecheck", "memcheck_resident", "racecheck_resident", "memcheck_new_paths")}
     # bench: the default run (float32 + bfloat16, TF32 off); bench_*: the extra runs of gpu_check.sh.
     bench_dirs = sorted(d for d in os.listdir(work) if d.startswith("bench") and os.path.isdir(os.path.join(work, d)))
     bench_md, bench = {}, {}

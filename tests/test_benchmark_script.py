@@ -64,7 +64,7 @@ def test_gpu_report_sanitizer_summary_counts_configurations(tmp_path):
         import gpu_report
     finally:
         sys.path.pop(0)
-    (tmp_path / "memcheck_cluster.log").write_text(
+    (tmp_path / "memcheck_resident.log").write_text(
         "regime=cluster  (ran resident_cluster         ) dtype=float32  H=201 tf32=off exchange=barrier  "
         "max rel. diff vs CPU 1.0e-07 ok\n"
         "regime=cluster  (ran resident                 ) dtype=float32  H=301 tf32=off exchange=barrier  "
@@ -72,10 +72,10 @@ def test_gpu_report_sanitizer_summary_counts_configurations(tmp_path):
         "regime=cluster  (ran resident_tf32            ) dtype=float32  H=201 tf32=on  exchange=barrier  "
         "max rel. diff vs CPU 9.0e-01 MISMATCH\n"
         "========= ERROR SUMMARY: 0 errors\n")
-    summary = gpu_report.sanitizer(str(tmp_path), "memcheck_cluster")
+    summary = gpu_report.sanitizer(str(tmp_path), "memcheck_resident")
     assert summary == ("WRONG KERNEL (expected resident_cluster); MISMATCH; ERROR SUMMARY: 0 errors; "
                        "3 configurations finished, 1 ok")
-    assert gpu_report.sanitizer(str(tmp_path), "racecheck_cluster") == "not run"
+    assert gpu_report.sanitizer(str(tmp_path), "racecheck_resident") == "not run"
 
 
 def test_acceptance_table_judges_the_issue_rows():
