@@ -17,8 +17,8 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from .functional import rnn
 
-_CONVERTED_ATTRS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout",
-                    "bidirectional")
+# Constructor arguments copied by from_torch / to_torch; then mode and nonlinearity, as attributes.
+_CONVERTED_ATTRS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -294,7 +294,10 @@ class RNN(nn.Module):
             data, run_weights = _autocast_cast(data, dt), [_autocast_cast(w, dt) for w in weights]
             hx = None if hx is None else _autocast_cast(hx, dt)
         try:
-            return rnn(data, hx, run_weights, num_layers=self.num_layers, nonlinearity=self.nonlinearity,
+            # nn.RNN's forward reads self.mode, not self.nonlinearity (only __init__ reads that): tanh for
+            # RNN_TANH, relu for anything else.
+            nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+            return rnn(data, hx, run_weights, num_layers=self.num_layers, nonlinearity=nonlinearity,
                        bias=self.bias, batch_first=self.batch_first and batch_sizes is None, dropout=self.dropout,
                        training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
         except (RuntimeError, TypeError):
@@ -328,7 +331,20 @@ def _is_rnn(module: nn.Module, cls) -> bool:
     return t is cls or (t.__bases__ == (cls,) and parametrize.is_parametrized(module))
 
 
-def _convert(src: nn.Module, cls):
+# nn.Module's hook registries (torch 2.11-2.14); convert() moves them to the module that replaces an
+# nn.RNN, the same dict objects, so that hook handles the user holds still remove their hooks.
+_HOOK_REGISTRIES = ("_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_forward_hooks",
+                    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+                    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
+                    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+# nn.RNN's own bookkeeping of its weights, which the other class keeps its own way.
+_NOT_MOVED = frozenset(("_flat_weights", "_flat_weight_refs"))
+
+
+def _convert(src: nn.Module, cls, replace: bool = False):
+    """A cls twin of src sharing its weights (from_torch / to_torch). replace=True (convert(), where the
+    twin takes src's place in a model): src's hooks (the same registries) and its other instance
+    attributes (a user's own, e.g. m.tag) move to the twin too."""
     if not isinstance(src, (nn.RNN, RNN)):
         raise TypeError(f"expected a torch.nn.RNN or fused_rnn.RNN, got {type(src).__name__}")
     if getattr(src, "proj_size", 0):
@@ -338,6 +354,9 @@ def _convert(src: nn.Module, cls):
         warnings.simplefilter("ignore")  # the dropout-with-one-layer warning was given when src was built
         # On meta: every weight is replaced (or deleted) below, so the dtype does not matter.
         dst = cls(**kwargs, device="meta")
+    # What forward computes (mode) and the attribute only __init__ reads (nonlinearity), each as src has
+    # it, even where one was edited after construction.
+    dst.mode, dst.nonlinearity = src.mode, src.nonlinearity
     names = dst._flat_weights_names
     # Parametrized weights first, in src's order (that of its parametrizations ModuleDict, hence of
     # its state_dict keys). register_parametrization sets up dst's generated class and property; the
@@ -365,7 +384,15 @@ def _convert(src: nn.Module, cls):
     for bname, b in src._buffers.items():
         if bname not in dst._buffers:
             dst.register_buffer(bname, b, persistent=bname not in src._non_persistent_buffers_set)
-    for hook in src._forward_pre_hooks.values():
+    if replace:
+        # Every hook, weight_norm's and spectral_norm's among them, and the user's own attributes.
+        for registry in _HOOK_REGISTRIES:
+            if registry in src.__dict__:
+                dst.__dict__[registry] = src.__dict__[registry]
+        for attr, value in src.__dict__.items():
+            if attr not in dst.__dict__ and attr not in _NOT_MOVED:
+                dst.__dict__[attr] = value
+    for hook in () if replace else src._forward_pre_hooks.values():
         if isinstance(hook, WeightNorm):
             dst.register_forward_pre_hook(hook)
         elif isinstance(hook, SpectralNorm):
@@ -381,12 +408,28 @@ def _convert(src: nn.Module, cls):
 def convert(model: nn.Module) -> nn.Module:
     """Replaces every torch.nn.RNN inside `model` (in place; parametrized ones too, see
     RNN.from_torch) by a fused_rnn.RNN sharing its weights. Returns `model`, or the converted module
-    if `model` itself is an nn.RNN. Subclasses of nn.RNN are left alone (their forward may differ)."""
+    if `model` itself is an nn.RNN. Subclasses of nn.RNN are left alone (their forward may differ).
+
+    The fused module takes the nn.RNN's place with its hooks (forward, forward pre-, backward and
+    state_dict hooks: the same registries, so handles still remove them) and its other attributes.
+    An nn.RNN registered in several places (self.dec = self.enc, or one module in two containers)
+    becomes one fused module registered in all of them."""
     if _is_rnn(model, nn.RNN):
-        return RNN.from_torch(model)
-    for name, child in model.named_children():
-        if _is_rnn(child, nn.RNN):
-            setattr(model, name, RNN.from_torch(child))
-        else:
-            convert(child)
+        return _convert(model, RNN, replace=True)
+    _convert_children(model, {}, set())
     return model
+
+
+def _convert_children(module: nn.Module, converted: dict, visited: set) -> None:
+    # module._modules, not named_children(): that skips a module's second registration.
+    # converted: id(nn.RNN) -> (nn.RNN, its fused twin), the source kept alive so its id stays its own.
+    visited.add(id(module))
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        if _is_rnn(child, nn.RNN):
+            if id(child) not in converted:
+                converted[id(child)] = (child, _convert(child, RNN, replace=True))
+            setattr(module, name, converted[id(child)][1])
+        elif id(child) not in visited:
+            _convert_children(child, converted, visited)

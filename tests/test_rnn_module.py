@@ -301,6 +301,58 @@ def test_convert_nested_model():
         fused_rnn.RNN.from_torch(nn.GRU(2, 3))
 
 
+def test_convert_keeps_shared_modules_hooks_and_attributes():
+    """convert() replaces an nn.RNN registered twice by one fused module in both places, and the fused
+    module keeps the nn.RNN's hooks (whose handles still remove them) and the user's attributes."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.RNN(3, 4, dtype=torch.float64)
+            self.dec = self.enc
+            self.stack = nn.Sequential(self.enc)
+
+    model = Model()
+    calls = []
+    model.enc.register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    handle = model.enc.register_forward_hook(lambda m, args, out: calls.append("fwd"))
+    model.enc.register_full_backward_hook(lambda m, gin, gout: calls.append("bwd"))
+    model.enc.tag = "encoder"
+    keys = list(model.state_dict())
+    fused_rnn.convert(model)
+    assert type(model.enc) is fused_rnn.RNN and model.dec is model.enc and model.stack[0] is model.enc
+    assert list(model.state_dict()) == keys and model.enc.tag == "encoder"
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    model.dec(x)[0].sum().backward()
+    assert calls == ["pre", "fwd", "bwd"]
+    handle.remove()
+    calls.clear()
+    model.enc(x)
+    assert calls == ["pre"]
+    # convert on an nn.RNN itself moves its hooks too
+    rnn = nn.RNN(3, 4)
+    rnn.register_forward_hook(lambda m, args, out: calls.append("root"))
+    fused_rnn.convert(rnn)(torch.randn(2, 1, 3))
+    assert calls[-1] == "root"
+
+
+def test_forward_reads_mode_as_nn_rnn_does():
+    """nn.RNN's forward computes with .mode (RNN_TANH, else relu) and ignores .nonlinearity, which only
+    its __init__ reads; fused_rnn.RNN does the same, and from_torch / to_torch carry both."""
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for attr, value in (("mode", "RNN_RELU"), ("nonlinearity", "relu"), ("nonlinearity", "gelu")):
+        ref = nn.RNN(3, 4, dtype=torch.float64)
+        fused = fused_rnn.RNN.from_torch(ref)
+        setattr(ref, attr, value)
+        setattr(fused, attr, value)
+        torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+        twin = fused_rnn.RNN.from_torch(ref)
+        assert (twin.mode, twin.nonlinearity) == (ref.mode, ref.nonlinearity)
+        torch.testing.assert_close(twin(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+        back = fused.to_torch()
+        assert (back.mode, back.nonlinearity) == (fused.mode, fused.nonlinearity)
+    assert (ref(x)[0] < 0).any()  # .nonlinearity edited: still tanh, as nn.RNN
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision(dtype):
     """float16/bfloat16 on the CPU run in float32 and round once at the end: output and h_n equal
