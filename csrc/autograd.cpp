@@ -75,6 +75,45 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_composite_kernel(
   return rnn_backward_by_recompute(a, grad_output, grad_hy, at::GradMode::is_enabled());
 }
 
+// Which of the forward's arguments (input, hx, weights...) the first-order backward reads, given which
+// of them require grad: nn.RNN's autograd (one node per primitive op) saves only those, so an in-place
+// change of any other between forward and backward is no error there, and must not be one here.
+// Per layer l (top down): δ_t = (dy_t + W_hhᵀ δ_{t+1}) ⊙ act'(y_t); dW_hh = Σ δ_t h_{t-1}ᵀ (h0 from hx);
+// dW_ih = Σ δ_t x_tᵀ (x: input for layer 0, else the layer below's saved output); dx = W_ihᵀ δ (the
+// layer below's dy); the biases' gradients are Σ δ. So:
+//   W_hh of layer l:  when that layer and direction's backward runs at all (hx, a weight of its own,
+//                     one of a layer below, or the input requires grad)
+//   W_ih of layer l:  when the gradient of layer l's input is needed (the input; above layer 0 also
+//                     hx or a weight of a layer below)
+//   input:            when a layer-0 W_ih requires grad
+//   hx:               when some W_hh requires grad
+//   biases:           never
+// Returns one flag per argument, in the order input, hx, weights.
+std::vector<bool> read_by_backward(const Tensor& input, const Tensor& hx, at::TensorList weights, int64_t num_layers,
+                                   bool bidirectional, bool has_biases) {
+  const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
+  std::vector<bool> read(2 + weights.size(), false);
+  bool below = input.requires_grad();  // the gradient of this layer's input is needed
+  bool any_w_hh = false, first_w_ih = false;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    bool layer = false;  // a weight of this layer requires grad
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t base = (l * D + d) * per;
+      bool cell = false;  // a weight of this layer and direction requires grad
+      for (int64_t w = 0; w < per; ++w) cell = cell || weights[base + w].requires_grad();
+      layer = layer || cell;
+      any_w_hh = any_w_hh || weights[base + 1].requires_grad();
+      if (l == 0) first_w_ih = first_w_ih || weights[base].requires_grad();
+      read[2 + base] = below;                                    // W_ih: dx of this layer
+      read[2 + base + 1] = below || cell || hx.requires_grad();  // W_hh: this direction's recursion
+    }
+    below = below || layer || hx.requires_grad();  // this layer's output, the next one's input
+  }
+  read[0] = first_w_ih;
+  read[1] = any_w_hh;
+  return read;
+}
+
 class RnnForward : public torch::autograd::Function<RnnForward> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, at::TensorList weights,
@@ -83,10 +122,28 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, hy, reserve] = rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers,
                                                        bidirectional, relu, has_biases);
-    variable_list saved{input, hx, batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
-    saved.insert(saved.end(), weights.begin(), weights.end());
+    // The arguments the backward reads are saved (their version checked at backward); the others are
+    // kept unchecked, with their version now: their values reach only gradients nobody asked for,
+    // unless the backward is differentiated (create_graph), whose recomputation reads them all.
+    const std::vector<bool> read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases);
+    variable_list args{input, hx};
+    args.insert(args.end(), weights.begin(), weights.end());
+    std::vector<Tensor> unread;
+    std::vector<int64_t> unread_at, unread_version;
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (read[i]) continue;
+      unread.push_back(args[i]);
+      unread_at.push_back(static_cast<int64_t>(i));
+      unread_version.push_back(static_cast<int64_t>(args[i]._version()));
+      args[i] = Tensor();
+    }
+    variable_list saved{batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
+    saved.insert(saved.end(), args.begin(), args.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["config"] = std::vector<int64_t>{num_layers, bidirectional, relu, has_biases};
+    ctx->saved_data["unread"] = unread;
+    ctx->saved_data["unread_at"] = unread_at;
+    ctx->saved_data["unread_version"] = unread_version;
     ctx->mark_non_differentiable({reserve});
     // On the CPU nn.RNN lets the caller modify its output in place before backward (torch.relu_(out),
     // in-place dropout): the caller gets a copy, the backward reads the saved original. CUDA keeps
@@ -99,8 +156,25 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
     const auto cfg = ctx->saved_data["config"].toIntVector();
-    const Tensor &input = s[0], &hx = s[1], &output = s[4], &reserve = s[5];
-    const std::vector<Tensor> weights(s.begin() + 6, s.end());
+    // input, hx, weights: the saved ones, and the unread ones where nothing was saved
+    std::vector<Tensor> args(s.begin() + 4, s.end());
+    const std::vector<Tensor> unread = ctx->saved_data["unread"].toTensorVector();
+    const auto unread_at = ctx->saved_data["unread_at"].toIntVector();
+    const auto unread_version = ctx->saved_data["unread_version"].toIntVector();
+    // A differentiable backward (create_graph, or vmap over it) recomputes the forward from all of
+    // them: there an unread argument changed in place is the error a saved one would give.
+    const bool reads_all = at::GradMode::is_enabled() || is_transformed(grads[0]) || is_transformed(grads[1]);
+    for (size_t k = 0; k < unread.size(); ++k) {
+      const Tensor& t = unread[k];
+      TORCH_CHECK(!reads_all || static_cast<int64_t>(t._version()) == unread_version[k],
+                  "one of the variables needed for gradient computation has been modified by an inplace "
+                  "operation: [", t.toString(), " ", t.sizes(), "] is at version ", t._version(), "; expected version ",
+                  unread_version[k], " instead. (fused_rnn: a differentiable backward, create_graph=True, "
+                  "recomputes the forward from every argument of fused_rnn::rnn_forward)");
+      args[unread_at[k]] = t;
+    }
+    const Tensor &input = args[0], &hx = args[1], &output = s[2], &reserve = s[3];
+    const std::vector<Tensor> weights(args.begin() + 2, args.end());
     const int64_t num_layers = cfg[0];
     const bool bidirectional = cfg[1] != 0, relu = cfg[2] != 0, has_biases = cfg[3] != 0;
     // An output that did not reach the loss has an undefined gradient: zeros.
@@ -112,12 +186,12 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
       // Batched gradients (vmap over this backward): the fused op has no batching rule; the
       // composite ops all have one.
       std::tie(grad_input, grad_hx, grad_weights) =
-          rnn_backward_composite_kernel(grad_output, grad_hy, input, hx, weights, opt(s[2]), opt(s[3]), output,
+          rnn_backward_composite_kernel(grad_output, grad_hy, input, hx, weights, opt(s[0]), opt(s[1]), output,
                                         reserve, num_layers, bidirectional, relu, has_biases);
     } else {
       // rnn_backward's own autograd kernel takes the differentiable route under create_graph.
       std::tie(grad_input, grad_hx, grad_weights) =
-          rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, opt(s[2]), opt(s[3]), output, reserve,
+          rnn_backward_op().call(grad_output, grad_hy, input, hx, weights, opt(s[0]), opt(s[1]), output, reserve,
                                  num_layers, bidirectional, relu, has_biases);
     }
     // One gradient per forward input, TensorList flattened: input, hx, weights..., then the

@@ -37,16 +37,54 @@ class RNNFunction(torch.autograd.Function):
         # On the CPU nn.RNN lets the caller change its output in place before backward: the backward
         # reads a copy, as the C++ node's does.
         saved_out = out.clone() if out.device.type == "cpu" else out
-        ctx.save_for_backward(input, hx, batch_sizes, dropout_mask, saved_out, reserve, *config_and_weights[4:])
-        ctx.config = config_and_weights[:4]
+        config, weights = config_and_weights[:4], config_and_weights[4:]
+        # As the C++ node: the arguments the backward reads are saved (version-checked), the others
+        # kept unchecked with their version (read only by a differentiable backward).
+        args = [input, hx, *weights]
+        read = read_by_backward(input, hx, weights, config[0], config[1], config[3])
+        ctx.unread = [(i, t, t._version) for i, (t, r) in enumerate(zip(args, read)) if not r]
+        ctx.save_for_backward(batch_sizes, dropout_mask, saved_out, reserve,
+                              *[t if r else None for t, r in zip(args, read)])
+        ctx.config = config
         ctx.mark_non_differentiable(reserve)
 
     @staticmethod
     def backward(ctx, grad_output, grad_hy, grad_reserve):
-        input, hx, batch_sizes, dropout_mask, output, reserve, *weights = ctx.saved_tensors
+        batch_sizes, dropout_mask, output, reserve, *args = ctx.saved_tensors
+        for i, t, version in ctx.unread:
+            if torch.is_grad_enabled() and t._version != version:  # create_graph: recomputes from all
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: [{t.type()} {list(t.shape)}] is at version {t._version}; expected version "
+                    f"{version} instead. (fused_rnn: a differentiable backward, create_graph=True, recomputes "
+                    f"the forward from every argument of fused_rnn::rnn_forward)")
+            args[i] = t
+        input, hx, *weights = args
         grad_input, grad_hx, grad_weights = ops.rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
                                                              dropout_mask, output, reserve, *ctx.config)
         return (grad_input, grad_hx, None, None, None, None, None, None, *grad_weights)
+
+
+def read_by_backward(input: Tensor, hx: Tensor, weights: Sequence[Tensor], num_layers: int, bidirectional: bool,
+                     has_biases: bool) -> List[bool]:
+    """Which of input, hx, weights... the first-order backward reads, given which require grad (the
+    rule and its derivation: csrc/autograd.cpp, read_by_backward): W_ih of a layer where its input's
+    gradient is needed, W_hh of a layer whose backward runs, the input where a layer-0 W_ih requires
+    grad, hx where some W_hh does, never a bias."""
+    D, per = (2 if bidirectional else 1), (4 if has_biases else 2)
+    read = [False] * (2 + len(weights))
+    below = input.requires_grad
+    for layer in range(num_layers):
+        cells = [weights[(layer * D + d) * per:(layer * D + d + 1) * per] for d in range(D)]
+        in_layer = any(w.requires_grad for cell in cells for w in cell)
+        for d in range(D):
+            base = 2 + (layer * D + d) * per
+            read[base] = below
+            read[base + 1] = below or any(w.requires_grad for w in cells[d]) or hx.requires_grad
+        below = below or in_layer or hx.requires_grad
+    read[0] = any(weights[d * per].requires_grad for d in range(D))
+    read[1] = any(weights[(i * per) + 1].requires_grad for i in range(num_layers * D))
+    return read
 
 
 def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:

@@ -22,12 +22,18 @@ from . import _C
 rnn_forward = torch.ops.fused_rnn.rnn_forward
 rnn_backward = torch.ops.fused_rnn.rnn_backward
 _has_torch_function = torch._C._has_torch_function
+_is_tracing = torch._C._is_tracing
 
 
 def zeros_hx(input, weights, batch_sizes, num_layers, bidirectional):
     """The initial state nn.RNN uses when hx is omitted: zeros [L*D, B, H] like input (time-major
-    [T, B, I], or packed data with batch_sizes; H from W_hh [H, H])."""
-    batch = int(batch_sizes[0]) if batch_sizes is not None else input.shape[1]
+    [T, B, I], or packed data with batch_sizes; H from W_hh [H, H]). Under torch.jit.trace the batch
+    stays a traced value (input.shape[1], batch_sizes[0]), as in nn.RNN, so that the trace runs at
+    other batch sizes."""
+    if batch_sizes is None:
+        batch = input.shape[1]
+    else:
+        batch = batch_sizes[0] if torch.jit.is_tracing() else int(batch_sizes[0])
     return input.new_zeros((num_layers * (2 if bidirectional else 1), batch, weights[1].shape[0]))
 
 
@@ -35,9 +41,10 @@ def rnn_forward_eager(input, hx, weights, batch_sizes, dropout_mask, num_layers,
     """rnn_forward for eager code (not while torch.compile / torch.export trace): through _C's direct
     entry (csrc/python_module.cpp: the same dispatch, without torch.ops' per-call argument matching),
     unless a __torch_function__ override or mode is there to see the call as the op.
-    hx may be None (zeros): for unpacked input the entry creates them in C++, cheaper than here."""
+    hx may be None (zeros): for unpacked input the entry creates them in C++, cheaper than here
+    (but not under torch.jit.trace, which would record their sizes as constants)."""
     overridden = _has_torch_function((input, *weights) if hx is None else (input, hx, *weights))
-    if hx is None and (overridden or batch_sizes is not None):
+    if hx is None and (overridden or batch_sizes is not None or _is_tracing()):
         hx = zeros_hx(input, weights, batch_sizes, num_layers, bidirectional)
     if overridden:
         return rnn_forward(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases)

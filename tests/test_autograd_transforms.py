@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 from conftest import F64, TOL, assert_same_results, op_args, op_fn, op_inputs, reference_fn, twins
+import fused_rnn
 from fused_rnn.functional import RNNFunction
 
 CONFIGS = {
@@ -215,3 +216,71 @@ def test_rnn_function_allows_inplace_change_of_output():
         (out.sin().sum() + hy.sum()).backward()
         results.append([t.grad.clone() for t in leaves])
     assert_same_results(results[1], results[0], F64, scaled=False)
+
+
+def _inplace_trial(make, bidirectional, needs, target, create_graph=False):
+    """One forward of make(ref) (ref: a 2-layer nn.RNN), target changed in place, then backward:
+    ("ok", gradients of the leaves that require grad) or ("error",) for the version-counter error."""
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, 2, bidirectional=bidirectional, dtype=torch.float64)
+    m = make(ref)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    hx = torch.randn(4 if bidirectional else 2, 2, 4, dtype=torch.float64)
+    tensors = dict(ref.named_parameters(), x=x, hx=hx)
+    for name, t in tensors.items():
+        t.requires_grad_(any(name == n or (n == "params" and name not in ("x", "hx"))
+                             or (n == "l1" and "_l1" in name) for n in needs))
+    out, hy = m(x, hx)
+    with torch.no_grad():
+        tensors[target].add_(0.5)
+    leaves = [t for t in tensors.values() if t.requires_grad]
+    try:
+        grads = torch.autograd.grad(out.sin().sum() + hy.sum(), leaves, create_graph=create_graph)
+    except RuntimeError as e:
+        # the version-counter error (nn.RNN's names a view of hx where hx itself was changed)
+        assert "modified by an inplace operation" in str(e) or "has been modified inplace" in str(e), str(e)
+        return ("error",)
+    return ("ok", grads)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("needs", [("x", "hx", "params"), ("x",), ("hx",), ("params",), ("l1",), ("weight_ih_l0",),
+                                   ("weight_hh_l1",), ("bias_hh_l0",), ("x", "weight_hh_l0")])
+def test_inplace_change_between_forward_and_backward_as_nn_rnn(needs, bidirectional):
+    """An argument changed in place between forward and backward is a version-counter error exactly
+    where nn.RNN's is: where the gradients asked for read it (nn.RNN's autograd saves only those).
+    A bias never is (an EMA or weight-decay step on it before backward is fine); the input not where
+    only hx's gradient is wanted; hx not where no W_hh requires grad; and so on."""
+    targets = ["x", "hx"] + [n for n, _ in nn.RNN(3, 4, 2, bidirectional=bidirectional).named_parameters()]
+    for target in targets:
+        want = _inplace_trial(lambda ref: ref, bidirectional, needs, target)
+        got = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target)
+        assert got[0] == want[0], (needs, target, want[0])
+        if want[0] == "ok":
+            assert_same_results(want[1], got[1], F64, scaled=False)
+    # RNNFunction (the same node in Python) reads what the C++ node reads
+    for target in targets:
+        def through_function(ref):
+            def call(x, hx):
+                w = [p for p in ref.parameters()]
+                return RNNFunction.apply(x, hx, None, None, 2, bidirectional, False, True, *w)[:2]
+            return call
+        got = _inplace_trial(through_function, bidirectional, needs, target)
+        want = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target)
+        assert got[0] == want[0], (needs, target, "RNNFunction")
+
+
+def test_double_backward_refuses_an_unread_argument_changed_in_place():
+    """create_graph=True recomputes the forward from all its arguments: a bias changed in place
+    between forward and backward, which a first-order backward never reads, is a version-counter
+    error there (never a silently different second derivative), in the op's node and RNNFunction."""
+    assert _inplace_trial(fused_rnn.RNN.from_torch, False, ("params",), "bias_ih_l0")[0] == "ok"
+    assert _inplace_trial(fused_rnn.RNN.from_torch, False, ("params",), "bias_ih_l0", create_graph=True) == ("error",)
+    assert _inplace_trial(fused_rnn.RNN.from_torch, False, ("params",), "weight_ih_l1", create_graph=True)[0] == "error"
+    ok = _inplace_trial(fused_rnn.RNN.from_torch, False, ("params",), "x", create_graph=True)
+    assert ok[0] == "error"  # x unread (no grad wanted of it), yet the recomputation needs it
+
+    def through_function(ref):
+        return lambda x, hx: RNNFunction.apply(x, hx, None, None, 2, False, False, True, *ref.parameters())[:2]
+    assert _inplace_trial(through_function, False, ("params",), "bias_hh_l1")[0] == "ok"
+    assert _inplace_trial(through_function, False, ("params",), "bias_hh_l1", create_graph=True) == ("error",)

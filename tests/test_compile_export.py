@@ -91,3 +91,40 @@ def test_export_and_run():
     x2, hx2 = torch.randn(2, 11, 4), torch.randn(4, 2, 8)  # another sequence length
     for a, b in zip(ep.module()(x2, hx2), model(x2, hx2)):
         assert_close_scaled(a, b, torch.float32)
+
+
+def test_jit_trace_without_hx_runs_at_other_batch_sizes():
+    """torch.jit.trace of a model that omits hx: the zero initial state is traced from the input's
+    batch (input.shape[1], or batch_sizes[0] when packed), as nn.RNN's is, not recorded as a
+    constant, so the trace runs at other batch sizes and sequence lengths."""
+    import warnings
+
+    from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64).eval()
+    fused = fused_rnn.RNN.from_torch(ref)
+
+    class Packed(nn.Module):  # jit.trace takes tensors: the PackedSequence is built inside
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, data, batch_sizes):
+            out, hn = self.rnn(PackedSequence(data, batch_sizes))
+            return out.data, hn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        traced = torch.jit.trace(fused, (torch.randn(5, 2, 3, dtype=torch.float64),))
+        p = pack_sequence([torch.randn(4, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)])
+        traced_packed = torch.jit.trace(Packed(fused), (p.data, p.batch_sizes), check_trace=False)
+    for T, B in ((7, 6), (2, 1)):
+        x = torch.randn(T, B, 3, dtype=torch.float64)
+        for got, want in zip(traced(x), ref(x)):
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    p = pack_sequence([torch.randn(n, 3, dtype=torch.float64) for n in (6, 5, 5, 2)])
+    out, hn = traced_packed(p.data, p.batch_sizes)
+    want_out, want_hn = ref(p)
+    torch.testing.assert_close(out, want_out.data, **TOL[torch.float64])
+    torch.testing.assert_close(hn, want_hn, **TOL[torch.float64])
