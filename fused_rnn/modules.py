@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.fx import Proxy as _FxProxy
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook, SpectralNormStateDictHook
@@ -150,11 +151,44 @@ class RNN(nn.Module):
         """The weights in nn.RNN's flat order, as forward uses them (nn.RNN's attribute of that name)."""
         return self._get_flat_weights()
 
+    @_flat_weights.setter
+    def _flat_weights(self, weights: List[Tensor]) -> None:
+        # As in nn.RNN, whose forward runs on the list in this attribute: forward runs on the list
+        # assigned here (some weight-drop recipes assign one) until a weight is assigned by name (then
+        # nn.RNN's forward finds its weights changed and rebuilds the list from them), the module is
+        # moved (_apply) or _init_flat_weights is called.
+        self.__dict__["_flat_weights_assigned"] = weights
+
+    def _init_flat_weights(self) -> None:
+        """nn.RNN's: the weights are the module's own again (drops a list assigned to _flat_weights)."""
+        self.__dict__.pop("_flat_weights_assigned", None)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if "_flat_weights_assigned" in self.__dict__ and name in self._flat_weights_names:
+            self._init_flat_weights()
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self._init_flat_weights()  # nn.RNN._apply rebuilds its list from the (moved) weights
+        return ret
+
+    # nn.RNNBase's public helpers, for code that calls them on an RNN: its own functions (they read
+    # only the configuration attributes and _flat_weights, which this module has too).
+    check_input = nn.RNNBase.check_input
+    get_expected_hidden_size = nn.RNNBase.get_expected_hidden_size
+    check_hidden_size = nn.RNNBase.check_hidden_size
+    check_forward_args = nn.RNNBase.check_forward_args
+    permute_hidden = nn.RNNBase.permute_hidden
+
     def _get_flat_weights(self) -> List[Tensor]:
         # Looked up on every call, so torch.func.functional_call and parameter reassignment just work.
         # (_parameters directly: nn.Module.__getattr__ is the slow path, and tiny RNNs are overhead-bound.)
         # A method, not only the property above: an AttributeError inside a property is swallowed by
         # nn.Module.__getattr__, which would then report the property itself as missing.
+        assigned = self.__dict__.get("_flat_weights_assigned")
+        if assigned is not None:
+            return list(assigned)
         params = self._parameters
         try:
             return [params[name] for name in self._flat_weights_names]
@@ -249,6 +283,8 @@ class RNN(nn.Module):
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        if isinstance(input, _FxProxy):
+            return self._fx_leaf(input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         dim = input.dim()
@@ -266,6 +302,14 @@ class RNN(nn.Module):
             hx = hx.unsqueeze(1)
         output, hy = self._run(input.unsqueeze(batch_dim), hx, None)
         return output.squeeze(batch_dim), hy.squeeze(1)
+
+    def _fx_leaf(self, input: "_FxProxy", hx) -> "_FxProxy":
+        """Under torch.fx.symbolic_trace: one call_module node for this module, the node FX records for
+        an nn.RNN (a leaf module there, being in torch.nn), instead of tracing into forward, whose
+        checks branch on the input's sizes. The GraphModule then calls this module as it is."""
+        tracer = input.tracer
+        return tracer.create_proxy("call_module", tracer.path_of_module(self), (input,) if hx is None else (input, hx),
+                                   {})
 
     def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
         data, batch_sizes, sorted_indices, unsorted_indices = input

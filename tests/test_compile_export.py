@@ -128,3 +128,30 @@ def test_jit_trace_without_hx_runs_at_other_batch_sizes():
     want_out, want_hn = ref(p)
     torch.testing.assert_close(out, want_out.data, **TOL[torch.float64])
     torch.testing.assert_close(hn, want_hn, **TOL[torch.float64])
+
+
+def test_fx_symbolic_trace_records_the_module_as_nn_rnn_is_recorded():
+    """torch.fx.symbolic_trace of a model holding fused_rnn.RNN records one call_module node for it, as
+    for nn.RNN (a leaf module, being in torch.nn), with hx or without, and the GraphModule computes
+    what the model computes (FX-based tooling works on converted models)."""
+    class Model(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+            self.fc = nn.Linear(8, 2, dtype=torch.float64)
+
+        def forward(self, x, h):
+            out, _ = self.rnn(x)
+            out2, hn = self.rnn(x, h)
+            return self.fc(out[-1] + out2[0]), hn
+
+    torch.manual_seed(0)
+    ref = Model(nn.RNN(3, 4, bidirectional=True, dtype=torch.float64))
+    fused = Model(fused_rnn.RNN.from_torch(ref.rnn))
+    fused.fc = ref.fc
+    graphs = [torch.fx.symbolic_trace(m) for m in (ref, fused)]
+    calls = [[(n.target, len(n.args)) for n in g.graph.nodes if n.op == "call_module"] for g in graphs]
+    assert calls[1] == calls[0] == [("rnn", 1), ("rnn", 2), ("fc", 1)]
+    x, h = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
+    for got, want in zip(graphs[1](x, h), ref(x, h)):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])

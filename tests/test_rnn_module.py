@@ -335,6 +335,43 @@ def test_convert_keeps_shared_modules_hooks_and_attributes():
     assert calls[-1] == "root"
 
 
+def test_rnn_base_helpers_and_assigned_flat_weights():
+    """nn.RNNBase's public helpers (check_forward_args, check_input, get_expected_hidden_size,
+    check_hidden_size, permute_hidden) answer as nn.RNN's; and a list assigned to _flat_weights is what
+    forward runs on, as in nn.RNN, until a weight is assigned by name, the module is moved, or
+    _init_flat_weights is called."""
+    import copy
+
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    sums = []
+    for make in (lambda r: r, lambda r: fused_rnn.RNN.from_torch(copy.deepcopy(r))):
+        torch.manual_seed(0)
+        m = make(nn.RNN(3, 4, 2, batch_first=True, dtype=torch.float64))
+        m.check_forward_args(x, torch.zeros(2, 5, 4, dtype=torch.float64), None)
+        with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 5, 4\), got \[2, 2, 4\]"):
+            m.check_forward_args(x, torch.zeros(2, 2, 4, dtype=torch.float64), None)
+        with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+            m.check_input(torch.zeros(2, 2, 5, dtype=torch.float64), None)
+        assert m.get_expected_hidden_size(x, torch.tensor([3, 1])) == (2, 3, 4)
+        assert m.permute_hidden(torch.arange(3.0).view(1, 3, 1), torch.tensor([2, 0, 1])).flatten().tolist() == [
+            2.0, 0.0, 1.0]
+        halves = [w.detach() * 0.5 for w in m._flat_weights]
+        m._flat_weights = halves
+        run = [m(x)[0]]
+        m.weight_hh_l1 = nn.Parameter(halves[5] * 2)  # a weight assigned by name: the module's weights again
+        run.append(m(x)[0])
+        m._flat_weights = halves
+        m.double()  # moved: its own weights again
+        run.append(m(x)[0])
+        m._flat_weights = halves
+        m._init_flat_weights()
+        run.append(m(x)[0])
+        sums.append(run)
+    for want, got in zip(*sums):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(sums[1][0], sums[1][1])
+
+
 def test_forward_reads_mode_as_nn_rnn_does():
     """nn.RNN's forward computes with .mode (RNN_TANH, else relu) and ignores .nonlinearity, which only
     its __init__ reads; fused_rnn.RNN does the same, and from_torch / to_torch carry both."""
