@@ -29,7 +29,9 @@ def _pointwise_rnn(n, nonlinearity):
 @pytest.mark.parametrize("B", [1, 3, 40])  # 40 rows: two threads' tasks
 def test_float32_tanh_error_bound(B):
     H = 64
-    x = torch.linspace(-10, 10, 400 * B * H, dtype=torch.float64).float()
+    # the whole range, and magnitudes from subnormal (1e-45) up, where the rational's numerator underflows
+    tiny = torch.logspace(-45, -2, 40 * B * H, dtype=torch.float64)
+    x = torch.cat([torch.linspace(-10, 10, 400 * B * H, dtype=torch.float64), tiny, -tiny]).float()
     x = x[torch.randperm(x.numel())].view(-1, B, H)
     with torch.no_grad():
         y = _pointwise_rnn(H, "tanh")(x)[0]

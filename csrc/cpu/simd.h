@@ -138,11 +138,13 @@ FUSED_RNN_INLINE void for_each_vec(int64_t n, T* x, F f) {
 // clamped to ±7.90531 (where it reaches ±1 in float). A few ulp of error
 // (tests/test_cpu_kernels.py bounds it); NaN passes through the clamps unchanged. Beyond |x| = 9,
 // where float tanh is exactly ±1, the result is exactly ±1 as well (FMA rounding alone can leave
-// the rational 1 ulp short), so saturated units have tanh' = 0 exactly, as in nn.RNN.
+// the rational 1 ulp short), so saturated units have tanh' = 0 exactly, as in nn.RNN. Below
+// |x| = 2^-12 the result is x itself, within 1/3 ulp of tanh x (x - x³/3): there the rational's
+// numerator p·x underflows into subnormals and loses digits (some 100 ulp near 1e-38).
 FUSED_RNN_INLINE Simd<float>::vec tanh_rational(Simd<float>::vec x_in) {
   using S = Simd<float>;
   const S::vec hi = S::splat(7.90531110763549805f), lo = -hi;
-  const S::vec sat = S::splat(9.0f), one = S::splat(1.0f);
+  const S::vec sat = S::splat(9.0f), one = S::splat(1.0f), tiny = S::splat(0x1p-12f);
   S::vec x = x_in > hi ? hi : x_in;
   x = x < lo ? lo : x;
   const S::vec x2 = x * x;
@@ -159,6 +161,8 @@ FUSED_RNN_INLINE Simd<float>::vec tanh_rational(Simd<float>::vec x_in) {
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
   S::vec r = p / q;
+  const S::vec ax = x_in < -x_in ? -x_in : x_in;
+  r = ax < tiny ? x_in : r;
   r = x_in > sat ? one : r;
   return x_in < -sat ? -one : r;
 }
