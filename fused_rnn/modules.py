@@ -107,7 +107,10 @@ class RNN(nn.Module):
             raise ValueError("proj_size has to be smaller than hidden_size")
         if proj_size > 0:
             # Only reachable positionally (the keyword is refused in __init__). nn.RNN builds a module
-            # with a projection weight that its own forward cannot run; refuse it here instead.
+            # with a projection weight that its own forward cannot run; refuse it here instead (with
+            # its TypeError where a non-integer size makes its torch.empty fail).
+            if not isinstance(proj_size, int):
+                raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
         self.mode = mode
@@ -230,6 +233,9 @@ class RNN(nn.Module):
                             weights: List[Tensor]) -> None:
         """nn.RNN's checks, with its exception types and messages (hx None: the zeros made later fit).
         The weights' devices are checked only once the op has refused the call (_raise_as_nn_rnn)."""
+        if self.bidirectional.__class__ is not bool:
+            # nn.RNN's _VF call refuses a non-bool at forward (a TypeError listing its signatures)
+            raise TypeError(f"bidirectional should be of type bool, got: {type(self.bidirectional).__name__}")
         w0 = weights[0]
         # Any autocast, not just input's device type's: nn.RNN's condition, so that the same calls get
         # this ValueError.
@@ -261,25 +267,47 @@ class RNN(nn.Module):
                 raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
                                    f"{device} and hidden tensor at {hx.device}")
 
-    @staticmethod
-    def _raise_as_nn_rnn(input: Tensor, batch_sizes: Optional[Tensor], weights: List[Tensor]) -> None:
-        """Called once the op has refused a call: raises what nn.RNN raises before computing, in its
-        order, if that is the cause (a weight that is not a tensor; a weight on another device than
-        input), else returns. Checking every weight up front would add a per-weight cost to every call,
-        which tiny (overhead-bound) RNNs feel; a wrong device or a None weight always makes the op
-        raise (another device's kernel, or the fake kernel for meta tensors, checks them), so checking
-        after that finds the same errors at no cost to calls that succeed."""
+    def _raise_as_nn_rnn(self, input: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor],
+                         weights: List[Tensor], error: Exception) -> None:
+        """Called once the op (or the code before it) has refused a call with `error`: raises what nn.RNN
+        raises before computing, in its order, if that is the cause (a weight that is not a tensor; a
+        weight on another device than input), or a clearer message than the op's (a sparse tensor; a
+        weight of the wrong shape, named), else returns. Checking every weight up front would add a
+        per-weight cost to every call, which tiny (overhead-bound) RNNs feel; these causes always make
+        the op raise (another device's kernel, or the fake kernel for meta tensors, checks the
+        devices), so checking after that finds the same errors at no cost to calls that succeed."""
         for i, w in enumerate(weights):
             if not isinstance(w, Tensor):
                 # nn.RNN's _VF.rnn_tanh / rnn_relu argument parsing: the weights are its argument 2
-                # (argument 3 for packed input, after batch_sizes).
+                # (argument 3 for packed input, after batch_sizes); a type's name as Python's C API
+                # prints it (numpy.ndarray, but list, NoneType, or a Python class's own name).
+                t = type(w)
+                name = t.__name__ if t.__module__ == "builtins" or t.__flags__ & (1 << 9) else \
+                    f"{t.__module__}.{t.__name__}"  # 1 << 9: Py_TPFLAGS_HEAPTYPE, a class defined in Python
                 raise TypeError(f"expected Tensor as element {i} in argument {2 if batch_sizes is None else 3}, "
-                                f"but got {type(w).__name__}") from None
+                                f"but got {name}") from None
         device = input.device
         for w in weights:
             if w.device != device:
                 raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor "
                                    f"at {device} and parameter tensor at {w.device}") from None
+        for what, t in [("input", input), ("hx", hx)] + list(zip(self._flat_weights_names, weights)):
+            if t is not None and t.layout != torch.strided:
+                # The ops' dispatcher says NotImplementedError naming the backend; nn.RNN raises a
+                # RuntimeError from the first op that meets the sparse input (it computes with a sparse
+                # hx or weight, which the fused kernels, dense only, do not).
+                raise RuntimeError(f"fused_rnn.RNN takes dense (strided) tensors only: {what} has layout "
+                                   f"{t.layout}") from None
+        if "must have shape" in str(error):
+            # The op names a weight by its index, and infers H from W_hh of layer 0 (or hx): name the
+            # parameter, with the shape this module's configuration gives it.
+            D, H = (2 if self.bidirectional else 1), self.hidden_size
+            for name, w in zip(self._flat_weights_names, weights):
+                layer = int(name.split("_l")[1].split("_")[0])
+                expected = ([H, self.input_size if layer == 0 else D * H] if name.startswith("weight_ih") else
+                            [H, H] if name.startswith("weight_hh") else [H])
+                if list(w.shape) != expected:
+                    raise RuntimeError(f"{name} must have shape {expected}, got {list(w.shape)}") from None
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -344,8 +372,10 @@ class RNN(nn.Module):
             return rnn(data, hx, run_weights, num_layers=self.num_layers, nonlinearity=nonlinearity,
                        bias=self.bias, batch_first=self.batch_first and batch_sizes is None, dropout=self.dropout,
                        training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes)
-        except (RuntimeError, TypeError):
-            self._raise_as_nn_rnn(data, batch_sizes, weights)
+        except (RuntimeError, TypeError, AttributeError, NotImplementedError) as error:
+            # (AttributeError: a None weight met by the dropout mask's or the zero state's shape;
+            # NotImplementedError: the dispatcher's, for a sparse tensor)
+            self._raise_as_nn_rnn(data, hx, batch_sizes, weights, error)
             raise
 
     # ---- conversion to and from torch.nn.RNN -----------------------------------------------------

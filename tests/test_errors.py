@@ -217,15 +217,36 @@ def test_hx_and_weight_on_meta_report_hx_first(name):
     assert_same_error(call)
 
 
-@pytest.mark.parametrize("name", ["weight_hh_l1", "bias_ih_l0"])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+@pytest.mark.parametrize("name", ["weight_hh_l1", "bias_ih_l0", "weight_hh_l0"])
 @pytest.mark.parametrize("form", ["batched", "packed"])
-def test_weight_none_like_nn_rnn(name, form):
+def test_weight_none_like_nn_rnn(name, form, dropout):
+    """nn.RNN's TypeError from its argument parsing, also where the dropout mask or the zero state
+    (packed input) would read the None weight's shape first."""
     def call(cls):
-        model = _model(cls)
+        model = _model(cls, dropout=dropout)
         setattr(model, name, None)
         return model(_x(form))
 
     assert_same_error(call)
+
+
+@pytest.mark.parametrize("value", [[[1.0] * 4] * 4, "numpy"], ids=["list", "numpy"])
+def test_weight_not_a_tensor_named_like_nn_rnn(value):
+    """A weight replaced by something that is not a tensor: nn.RNN's TypeError, with the type named
+    as Python's C API names it (numpy.ndarray, list)."""
+    np = pytest.importorskip("numpy") if value == "numpy" else None
+
+    def call(cls):
+        model = _model(cls)
+        del model.weight_hh_l1
+        model.weight_hh_l1 = np.ones((4, 4), dtype=np.float32) if np is not None else value
+        model._flat_weights_names  # noqa: B018
+        return model.forward(torch.randn(5, 2, 3))
+
+    got = _raised(lambda: call(fused_rnn.RNN))
+    assert type(got) is TypeError
+    assert str(got) == f"expected Tensor as element 5 in argument 2, but got {'numpy.ndarray' if np else 'list'}"
 
 
 def test_first_weight_none_like_nn_rnn():
@@ -291,11 +312,20 @@ KEPT_MESSAGES = {
     "weight_int": (_reweighted("weight_hh_l1", torch.ones(4, 4, dtype=torch.long)), lambda m: m(torch.randn(5, 2, 3)),
                    "a parameter tensor has dtype Long but input has dtype Float"),
     "weight_shape": (_reweighted("weight_hh_l1", torch.randn(4, 5)), lambda m: m(torch.randn(5, 2, 3)),
-                     "weight 5 (layer 1, direction 0) must have shape [4, 4], got [4, 5]"),
+                     "weight_hh_l1 must have shape [4, 4], got [4, 5]"),
     "first_weight_shape": (_reweighted("weight_ih_l0", torch.randn(4, 5)), lambda m: m(torch.randn(5, 2, 3)),
-                           "weight 0 (layer 0, direction 0) must have shape [4, 3], got [4, 5]"),
+                           "weight_ih_l0 must have shape [4, 3], got [4, 5]"),
     "bias_shape": (_reweighted("bias_hh_l0", torch.randn(5)), lambda m: m(torch.randn(5, 2, 3)),
-                   "weight 3 (layer 0, direction 0) must have shape [4], got [5]"),
+                   "bias_hh_l0 must have shape [4], got [5]"),
+    # the op infers H from W_hh of layer 0: the module names the weight that is wrong
+    "first_w_hh_shape": (_reweighted("weight_hh_l0", torch.randn(1, 1)), lambda m: m(torch.randn(5, 2, 3)),
+                         "weight_hh_l0 must have shape [4, 4], got [1, 1]"),
+    "sparse_input": (_model, lambda m: m(torch.randn(5, 2, 3).to_sparse()),
+                     "fused_rnn.RNN takes dense (strided) tensors only: input has layout torch.sparse_coo"),
+    "bidirectional_int": (lambda c: _model(c, bidirectional=2), lambda m: m(torch.randn(5, 2, 3)),
+                          "bidirectional should be of type bool, got: int"),
+    "proj_size_float_positional": (lambda c: c(3, 4, 1, "tanh", True, False, 0.0, False, 1.5),
+                                   lambda m: m(torch.randn(5, 2, 3)), "proj_size should be of type int, got: float"),
     "packed_batch_sizes_int32": (
         _model, lambda m: m(PackedSequence(torch.randn(5, 3), torch.tensor([2, 2, 1], dtype=torch.int32))),
         "batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)"),
@@ -378,10 +408,9 @@ DIFFERENT_OUTCOMES = {
     "complex_model": (
         lambda c: _model(c, dtype=torch.complex64), lambda m: m(torch.randn(5, 2, 3, dtype=torch.complex64)),
         None, RuntimeError, "input must be a floating point tensor, got ComplexFloat"),
-    # bidirectional is not checked by either constructor: nn.RNN's _VF call refuses a non-bool at the
-    # first forward (a TypeError listing its signatures); fused_rnn takes its truth value.
-    "bidirectional_int": (
-        lambda c: _model(c, bidirectional=2), lambda m: m(torch.randn(5, 2, 3)), TypeError, None, None),
+    # nn.RNN computes with a sparse hx (the fused kernels are dense only)
+    "sparse_hx": (_model, lambda m: m(torch.randn(5, 2, 3), torch.randn(2, 2, 4).to_sparse()), None, RuntimeError,
+                  "fused_rnn.RNN takes dense (strided) tensors only: hx has layout torch.sparse_coo"),
 }
 
 

@@ -372,6 +372,27 @@ def test_rnn_base_helpers_and_assigned_flat_weights():
     assert not torch.allclose(sums[1][0], sums[1][1])
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_dropout_draws_nn_rnns_masks_on_the_cpu(packed):
+    """In training with dropout between layers, the same seed gives the same masks as nn.RNN on the CPU
+    (one Bernoulli draw per layer's output, in nn.RNN's order) and leaves the generator in the same
+    state: the outputs match, and so does the next random number."""
+    ref = nn.RNN(3, 4, 3, dropout=0.5, bidirectional=True, dtype=torch.float64)
+    fused = fused_rnn.RNN.from_torch(ref)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4]))
+    results = []
+    for m in (ref, fused):
+        torch.manual_seed(7)
+        out, hn = m(x)
+        results.append((out.data if packed else out, hn, torch.rand(1)))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.manual_seed(8)
+    assert not torch.allclose(fused(x)[1], results[1][1])  # a different seed, other masks
+
+
 def test_forward_reads_mode_as_nn_rnn_does():
     """nn.RNN's forward computes with .mode (RNN_TANH, else relu) and ignores .nonlinearity, which only
     its __init__ reads; fused_rnn.RNN does the same, and from_torch / to_torch carry both."""
