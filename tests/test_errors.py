@@ -408,6 +408,14 @@ DIFFERENT_OUTCOMES = {
     "complex_model": (
         lambda c: _model(c, dtype=torch.complex64), lambda m: m(torch.randn(5, 2, 3, dtype=torch.complex64)),
         None, RuntimeError, "input must be a floating point tensor, got ComplexFloat"),
+    # A 0-D batch_sizes: nn.RNN indexes it (IndexError); ours is the batch_sizes message above.
+    "packed_batch_sizes_0d": (
+        _model, lambda m: m(PackedSequence(torch.randn(5, 3), torch.tensor(5))), IndexError, RuntimeError,
+        "batch_sizes must be a 1-D CPU int64 tensor (PackedSequence.batch_sizes)"),
+    # A bias of one element: nn.RNN's addition broadcasts it; the fused kernels take [H] biases only.
+    "bias_one_element": (
+        _reweighted("bias_hh_l0", torch.randn(1)), lambda m: m(torch.randn(5, 2, 3)), None, RuntimeError,
+        "bias_hh_l0 must have shape [4], got [1]"),
     # nn.RNN computes with a sparse hx (the fused kernels are dense only)
     "sparse_hx": (_model, lambda m: m(torch.randn(5, 2, 3), torch.randn(2, 2, 4).to_sparse()), None, RuntimeError,
                   "fused_rnn.RNN takes dense (strided) tensors only: hx has layout torch.sparse_coo"),
