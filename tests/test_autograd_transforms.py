@@ -284,3 +284,25 @@ def test_double_backward_refuses_an_unread_argument_changed_in_place():
         return lambda x, hx: RNNFunction.apply(x, hx, None, None, 2, False, False, True, *ref.parameters())[:2]
     assert _inplace_trial(through_function, False, ("params",), "bias_hh_l1")[0] == "ok"
     assert _inplace_trial(through_function, False, ("params",), "bias_hh_l1", create_graph=True) == ("error",)
+
+
+@pytest.mark.parametrize("how", ["checkpoint_reentrant", "checkpoint", "save_on_cpu"])
+def test_activation_checkpointing_and_saved_tensor_hooks(how):
+    """torch.utils.checkpoint (both kinds, with dropout between layers: the recomputation replays the
+    RNG) and torch.autograd.graph.save_on_cpu give nn.RNN's gradients."""
+    import torch.utils.checkpoint as ckpt
+
+    grads = []
+    for make in (lambda r: r, fused_rnn.RNN.from_torch):
+        torch.manual_seed(0)
+        m = make(nn.RNN(3, 4, 3, dropout=0.3, bidirectional=True, dtype=torch.float64))
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        torch.manual_seed(1)
+        if how == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                out, hn = m(x)
+        else:
+            out, hn = ckpt.checkpoint(m, x, use_reentrant=how == "checkpoint_reentrant")
+        (out.sin().sum() + hn.sum()).backward()
+        grads.append([x.grad] + [p.grad for p in m.parameters()])
+    assert_same_results(grads[0], grads[1], F64, scaled=False)
