@@ -128,23 +128,28 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     const std::vector<bool> read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases);
     variable_list args{input, hx};
     args.insert(args.end(), weights.begin(), weights.end());
-    std::vector<Tensor> unread;
-    std::vector<int64_t> unread_at, unread_version;
+    // One saved_data entry per tensor and per version: compiled autograd swaps a tensor entry for its
+    // proxy (not one inside a list), and lifts a top-level int as an input (a version in a list would
+    // be hashed into its cache key, and versions change with every optimizer step).
+    std::vector<int64_t> unread_at;
     for (size_t i = 0; i < args.size(); ++i) {
       if (read[i]) continue;
-      unread.push_back(args[i]);
+      const std::string k = std::to_string(unread_at.size());
+      ctx->saved_data["unread_" + k] = args[i];
+      ctx->saved_data["unread_version_" + k] = static_cast<int64_t>(args[i]._version());
       unread_at.push_back(static_cast<int64_t>(i));
-      unread_version.push_back(static_cast<int64_t>(args[i]._version()));
       args[i] = Tensor();
     }
     variable_list saved{batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
     saved.insert(saved.end(), args.begin(), args.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["config"] = std::vector<int64_t>{num_layers, bidirectional, relu, has_biases};
-    ctx->saved_data["unread"] = unread;
     ctx->saved_data["unread_at"] = unread_at;
-    ctx->saved_data["unread_version"] = unread_version;
-    ctx->mark_non_differentiable({reserve});
+    // reserve (the inner layers' outputs) is not differentiable: rnn_forward_autograd returns it
+    // detached. (Not by mark_non_differentiable, which compiled autograd refuses in a C++ Function:
+    // CppNode::compiled_args asserts that none was marked.) No gradient is materialised for it, nor
+    // for an output that did not reach the loss: backward takes undefined gradients as zeros.
+    ctx->set_materialize_grads(false);
     // On the CPU nn.RNN lets the caller modify its output in place before backward (torch.relu_(out),
     // in-place dropout): the caller gets a copy, the backward reads the saved original. CUDA keeps
     // cuDNN's contract instead: the output itself is saved, and an in-place change of it is a
@@ -158,19 +163,21 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     const auto cfg = ctx->saved_data["config"].toIntVector();
     // input, hx, weights: the saved ones, and the unread ones where nothing was saved
     std::vector<Tensor> args(s.begin() + 4, s.end());
-    const std::vector<Tensor> unread = ctx->saved_data["unread"].toTensorVector();
     const auto unread_at = ctx->saved_data["unread_at"].toIntVector();
-    const auto unread_version = ctx->saved_data["unread_version"].toIntVector();
     // A differentiable backward (create_graph, or vmap over it) recomputes the forward from all of
     // them: there an unread argument changed in place is the error a saved one would give.
     const bool reads_all = at::GradMode::is_enabled() || is_transformed(grads[0]) || is_transformed(grads[1]);
-    for (size_t k = 0; k < unread.size(); ++k) {
-      const Tensor& t = unread[k];
-      TORCH_CHECK(!reads_all || static_cast<int64_t>(t._version()) == unread_version[k],
-                  "one of the variables needed for gradient computation has been modified by an inplace "
-                  "operation: [", t.toString(), " ", t.sizes(), "] is at version ", t._version(), "; expected version ",
-                  unread_version[k], " instead. (fused_rnn: a differentiable backward, create_graph=True, "
-                  "recomputes the forward from every argument of fused_rnn::rnn_forward)");
+    for (size_t k = 0; k < unread_at.size(); ++k) {
+      const std::string key = std::to_string(k);
+      const Tensor t = ctx->saved_data["unread_" + key].toTensor();
+      if (reads_all) {
+        const int64_t version = ctx->saved_data["unread_version_" + key].toInt();
+        TORCH_CHECK(static_cast<int64_t>(t._version()) == version,
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    "operation: [", t.toString(), " ", t.sizes(), "] is at version ", t._version(),
+                    "; expected version ", version, " instead. (fused_rnn: a differentiable backward, "
+                    "create_graph=True, recomputes the forward from every argument of fused_rnn::rnn_forward)");
+      }
       args[unread_at[k]] = t;
     }
     const Tensor &input = args[0], &hx = args[1], &output = s[2], &reserve = s[3];
@@ -219,7 +226,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
   }
   auto r = RnnForward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
                              has_biases);
-  return {r[0], r[1], r[2]};
+  return {r[0], r[1], r[2].detach()};
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(

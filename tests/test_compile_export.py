@@ -1,5 +1,7 @@
 """torch.compile(fullgraph=True) of fused_rnn.RNN for inference and training (static and dynamic
 shapes), and torch.export of a model that holds one. Few compiled graphs: compiling is slow here."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -155,3 +157,36 @@ def test_fx_symbolic_trace_records_the_module_as_nn_rnn_is_recorded():
     x, h = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
     for got, want in zip(graphs[1](x, h), ref(x, h)):
         torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_compiled_autograd_gives_nn_rnn_gradients_with_one_capture(x_grad):
+    """Compiled autograd (torch.compile of the backward graph): nn.RNN's gradients, and one capture
+    over several optimizer steps (the versions of the arguments the backward does not read are lifted
+    inputs of the captured graph, not part of its cache key). Used to fail: CppNode's compiled_args
+    refuses a C++ Function that marked an output non-differentiable."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    fused = fused_rnn.RNN.from_torch(copy.deepcopy(ref))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ref, fused)]
+    counters.clear()
+    for _ in range(3):
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+        grads = []
+        for m, opt, compiled in ((ref, opts[0], False), (fused, opts[1], True)):
+            xi = x.clone().requires_grad_(x_grad)
+            if compiled:
+                with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+                    out, hn = m(xi)
+                    (out.sin().sum() + hn.sum()).backward()
+            else:
+                out, hn = m(xi)
+                (out.sin().sum() + hn.sum()).backward()
+            grads.append([p.grad.clone() for p in m.parameters()] + ([xi.grad] if x_grad else []))
+            opt.step()
+            opt.zero_grad()
+        for want, got in zip(*grads):
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    assert counters["compiled_autograd"]["captures"] == 1
