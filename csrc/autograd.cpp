@@ -88,9 +88,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_composite_kernel(
 //   input:            when a layer-0 W_ih requires grad
 //   hx:               when some W_hh requires grad
 //   biases:           never
+// With one time step there is no recursion: W_hh is read only for hx's gradient (dh0 = W_hhᵀ δ_0).
 // Returns one flag per argument, in the order input, hx, weights.
 std::vector<bool> read_by_backward(const Tensor& input, const Tensor& hx, at::TensorList weights, int64_t num_layers,
-                                   bool bidirectional, bool has_biases) {
+                                   bool bidirectional, bool has_biases, int64_t steps) {
   const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
   std::vector<bool> read(2 + weights.size(), false);
   bool below = input.requires_grad();  // the gradient of this layer's input is needed
@@ -105,7 +106,7 @@ std::vector<bool> read_by_backward(const Tensor& input, const Tensor& hx, at::Te
       any_w_hh = any_w_hh || weights[base + 1].requires_grad();
       if (l == 0) first_w_ih = first_w_ih || weights[base].requires_grad();
       read[2 + base] = below;                                    // W_ih: dx of this layer
-      read[2 + base + 1] = below || cell || hx.requires_grad();  // W_hh: this direction's recursion
+      read[2 + base + 1] = (steps > 1 && (below || cell)) || hx.requires_grad();  // W_hh: the recursion, dh0
     }
     below = below || layer || hx.requires_grad();  // this layer's output, the next one's input
   }
@@ -122,23 +123,40 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, hy, reserve] = rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers,
                                                        bidirectional, relu, has_biases);
-    // The arguments the backward reads are saved (their version checked at backward); the others are
+    // The arguments the backward reads are saved, their version checked at backward. The others are
     // kept unchecked, with their version now: their values reach only gradients nobody asked for,
     // unless the backward is differentiated (create_graph), whose recomputation reads them all.
-    const std::vector<bool> read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases);
-    variable_list args{input, hx};
-    args.insert(args.end(), weights.begin(), weights.end());
+    //   input or hx (activations) that does not require grad: saved too, as an alias with a version
+    //     counter of its own (released after backward, seen by saved-tensor hooks: checkpointing,
+    //     save_on_cpu), and a 0-element probe sharing the original's version counter;
+    //   a weight (alive with its module anyway), or input or hx that requires grad (a differentiable
+    //     backward must reach its autograd history, which an alias lacks): the tensor itself, in
+    //     saved_data (held until the graph is freed).
     // One saved_data entry per tensor and per version: compiled autograd swaps a tensor entry for its
     // proxy (not one inside a list), and lifts a top-level int as an input (a version in a list would
     // be hashed into its cache key, and versions change with every optimizer step).
+    // The step count where it is a plain number: a symbolic one (torch.compile, dynamic shapes) is
+    // taken as more than one, not guarded on.
+    const c10::SymInt sym_steps = batch_sizes.has_value() ? batch_sizes->sym_size(0) : input.sym_size(0);
+    const int64_t steps = sym_steps.maybe_as_int().value_or(2);
+    const std::vector<bool> read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases, steps);
+    variable_list args{input, hx};
+    args.insert(args.end(), weights.begin(), weights.end());
     std::vector<int64_t> unread_at;
     for (size_t i = 0; i < args.size(); ++i) {
       if (read[i]) continue;
-      const std::string k = std::to_string(unread_at.size());
-      ctx->saved_data["unread_" + k] = args[i];
-      ctx->saved_data["unread_version_" + k] = static_cast<int64_t>(args[i]._version());
+      const std::string k = std::to_string(i);
+      ctx->saved_data["v" + k] = static_cast<int64_t>(args[i]._version());
+      if (i < 2 && !args[i].requires_grad()) {
+        Tensor probe = at::empty({0}, args[i].options());
+        torch::autograd::impl::set_version_counter(probe, torch::autograd::impl::version_counter(args[i]));
+        ctx->saved_data["p" + k] = std::move(probe);
+        args[i] = args[i].variable_data();
+      } else {
+        ctx->saved_data["u" + k] = args[i];
+        args[i] = Tensor();
+      }
       unread_at.push_back(static_cast<int64_t>(i));
-      args[i] = Tensor();
     }
     variable_list saved{batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
     saved.insert(saved.end(), args.begin(), args.end());
@@ -163,22 +181,21 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     const auto cfg = ctx->saved_data["config"].toIntVector();
     // input, hx, weights: the saved ones, and the unread ones where nothing was saved
     std::vector<Tensor> args(s.begin() + 4, s.end());
-    const auto unread_at = ctx->saved_data["unread_at"].toIntVector();
     // A differentiable backward (create_graph, or vmap over it) recomputes the forward from all of
     // them: there an unread argument changed in place is the error a saved one would give.
     const bool reads_all = at::GradMode::is_enabled() || is_transformed(grads[0]) || is_transformed(grads[1]);
-    for (size_t k = 0; k < unread_at.size(); ++k) {
-      const std::string key = std::to_string(k);
-      const Tensor t = ctx->saved_data["unread_" + key].toTensor();
-      if (reads_all) {
-        const int64_t version = ctx->saved_data["unread_version_" + key].toInt();
-        TORCH_CHECK(static_cast<int64_t>(t._version()) == version,
-                    "one of the variables needed for gradient computation has been modified by an inplace "
-                    "operation: [", t.toString(), " ", t.sizes(), "] is at version ", t._version(),
-                    "; expected version ", version, " instead. (fused_rnn: a differentiable backward, "
-                    "create_graph=True, recomputes the forward from every argument of fused_rnn::rnn_forward)");
-      }
-      args[unread_at[k]] = t;
+    for (const int64_t i : ctx->saved_data["unread_at"].toIntVector()) {
+      const std::string k = std::to_string(i);
+      const auto original = ctx->saved_data.find("u" + k);
+      if (original != ctx->saved_data.end()) args[i] = original->second.toTensor();
+      if (!reads_all) continue;
+      const Tensor versioned = original != ctx->saved_data.end() ? args[i] : ctx->saved_data["p" + k].toTensor();
+      const int64_t version = ctx->saved_data["v" + k].toInt();
+      TORCH_CHECK(static_cast<int64_t>(versioned._version()) == version,
+                  "one of the variables needed for gradient computation has been modified by an inplace "
+                  "operation: [", args[i].toString(), " ", args[i].sizes(), "] is at version ", versioned._version(),
+                  "; expected version ", version, " instead. (fused_rnn: a differentiable backward, "
+                  "create_graph=True, recomputes the forward from every argument of fused_rnn::rnn_forward)");
     }
     const Tensor &input = args[0], &hx = args[1], &output = s[2], &reserve = s[3];
     const std::vector<Tensor> weights(args.begin() + 2, args.end());

@@ -3,6 +3,7 @@ torch.autograd.Function around the fused C++/CUDA ops.
 
 Shapes: T steps, B batch, I input size, H hidden size, D = 2 if bidirectional else 1, L layers.
 """
+import weakref
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,27 +39,35 @@ class RNNFunction(torch.autograd.Function):
         # reads a copy, as the C++ node's does.
         saved_out = out.clone() if out.device.type == "cpu" else out
         config, weights = config_and_weights[:4], config_and_weights[4:]
-        # As the C++ node: the arguments the backward reads are saved (version-checked), the others
-        # kept unchecked with their version (read only by a differentiable backward).
+        # As the C++ node: the arguments the backward reads are saved (version-checked); the others that
+        # do not require grad as .data, an alias with a version counter of its own, with a weak
+        # reference to the original and its version for the check of a differentiable backward, which
+        # reads them all; those that require grad (whose autograd history that backward must reach)
+        # themselves, outside save_for_backward.
         args = [input, hx, *weights]
-        read = read_by_backward(input, hx, weights, config[0], config[1], config[3])
-        ctx.unread = [(i, t, t._version) for i, (t, r) in enumerate(zip(args, read)) if not r]
+        steps = batch_sizes.shape[0] if batch_sizes is not None else input.shape[0]
+        read = read_by_backward(input, hx, weights, config[0], config[1], config[3],
+                                steps if isinstance(steps, int) else 2)
+        ctx.unread = [(i, (lambda t=t: t) if t.requires_grad else weakref.ref(t), t._version)
+                      for i, (t, r) in enumerate(zip(args, read)) if not r]
         ctx.save_for_backward(batch_sizes, dropout_mask, saved_out, reserve,
-                              *[t if r else None for t, r in zip(args, read)])
+                              *[t if r else None if t.requires_grad else t.data for t, r in zip(args, read)])
         ctx.config = config
         ctx.mark_non_differentiable(reserve)
 
     @staticmethod
     def backward(ctx, grad_output, grad_hy, grad_reserve):
         batch_sizes, dropout_mask, output, reserve, *args = ctx.saved_tensors
-        for i, t, version in ctx.unread:
-            if torch.is_grad_enabled() and t._version != version:  # create_graph: recomputes from all
+        for i, ref, version in ctx.unread:
+            t = ref()  # None: the original is gone, and with it any later change of it
+            if t is not None and t.requires_grad:
+                args[i] = t
+            if torch.is_grad_enabled() and t is not None and t._version != version:  # create_graph
                 raise RuntimeError(
                     f"one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: [{t.type()} {list(t.shape)}] is at version {t._version}; expected version "
                     f"{version} instead. (fused_rnn: a differentiable backward, create_graph=True, recomputes "
                     f"the forward from every argument of fused_rnn::rnn_forward)")
-            args[i] = t
         input, hx, *weights = args
         grad_input, grad_hx, grad_weights = ops.rnn_backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
                                                              dropout_mask, output, reserve, *ctx.config)
@@ -66,11 +75,11 @@ class RNNFunction(torch.autograd.Function):
 
 
 def read_by_backward(input: Tensor, hx: Tensor, weights: Sequence[Tensor], num_layers: int, bidirectional: bool,
-                     has_biases: bool) -> List[bool]:
+                     has_biases: bool, steps: int) -> List[bool]:
     """Which of input, hx, weights... the first-order backward reads, given which require grad (the
     rule and its derivation: csrc/autograd.cpp, read_by_backward): W_ih of a layer where its input's
-    gradient is needed, W_hh of a layer whose backward runs, the input where a layer-0 W_ih requires
-    grad, hx where some W_hh does, never a bias."""
+    gradient is needed, W_hh of a layer whose backward runs (with one step, only for hx's gradient),
+    the input where a layer-0 W_ih requires grad, hx where some W_hh does, never a bias."""
     D, per = (2 if bidirectional else 1), (4 if has_biases else 2)
     read = [False] * (2 + len(weights))
     below = input.requires_grad
@@ -80,7 +89,7 @@ def read_by_backward(input: Tensor, hx: Tensor, weights: Sequence[Tensor], num_l
         for d in range(D):
             base = 2 + (layer * D + d) * per
             read[base] = below
-            read[base + 1] = below or any(w.requires_grad for w in cells[d]) or hx.requires_grad
+            read[base + 1] = (steps > 1 and (below or any(w.requires_grad for w in cells[d]))) or hx.requires_grad
         below = below or in_layer or hx.requires_grad
     read[0] = any(weights[d * per].requires_grad for d in range(D))
     read[1] = any(weights[(i * per) + 1].requires_grad for i in range(num_layers * D))

@@ -157,19 +157,19 @@ class RNN(nn.Module):
     @_flat_weights.setter
     def _flat_weights(self, weights: List[Tensor]) -> None:
         # As in nn.RNN, whose forward runs on the list in this attribute: forward runs on the list
-        # assigned here (some weight-drop recipes assign one) until a weight is assigned by name (then
-        # nn.RNN's forward finds its weights changed and rebuilds the list from them), the module is
-        # moved (_apply) or _init_flat_weights is called.
-        self.__dict__["_flat_weights_assigned"] = weights
+        # assigned here (some weight-drop recipes assign one) until the module's own weights change
+        # (nn.RNN's forward compares them with those it last saw, _weights_have_changed, and rebuilds
+        # the list: a weight assigned by name, torch.func.functional_call, register_parameter), the
+        # module is moved (_apply) or _init_flat_weights is called.
+        self.__dict__["_flat_weights_assigned"] = (weights, self._own_weights())
+
+    def _own_weights(self) -> List[Optional[Tensor]]:
+        params = self._parameters
+        return [params[n] if n in params else getattr(self, n, None) for n in self._flat_weights_names]
 
     def _init_flat_weights(self) -> None:
         """nn.RNN's: the weights are the module's own again (drops a list assigned to _flat_weights)."""
         self.__dict__.pop("_flat_weights_assigned", None)
-
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if "_flat_weights_assigned" in self.__dict__ and name in self._flat_weights_names:
-            self._init_flat_weights()
 
     def _apply(self, fn, recurse=True):
         ret = super()._apply(fn, recurse)
@@ -191,7 +191,10 @@ class RNN(nn.Module):
         # nn.Module.__getattr__, which would then report the property itself as missing.
         assigned = self.__dict__.get("_flat_weights_assigned")
         if assigned is not None:
-            return list(assigned)
+            weights, seen = assigned
+            if all(a is b for a, b in zip(self._own_weights(), seen)):
+                return list(weights)
+            self._init_flat_weights()  # the module's weights changed since: its own again
         params = self._parameters
         try:
             return [params[name] for name in self._flat_weights_names]

@@ -218,13 +218,13 @@ def test_rnn_function_allows_inplace_change_of_output():
     assert_same_results(results[1], results[0], F64, scaled=False)
 
 
-def _inplace_trial(make, bidirectional, needs, target, create_graph=False):
+def _inplace_trial(make, bidirectional, needs, target, create_graph=False, T=5):
     """One forward of make(ref) (ref: a 2-layer nn.RNN), target changed in place, then backward:
     ("ok", gradients of the leaves that require grad) or ("error",) for the version-counter error."""
     torch.manual_seed(0)
     ref = nn.RNN(3, 4, 2, bidirectional=bidirectional, dtype=torch.float64)
     m = make(ref)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x = torch.randn(T, 2, 3, dtype=torch.float64)
     hx = torch.randn(4 if bidirectional else 2, 2, 4, dtype=torch.float64)
     tensors = dict(ref.named_parameters(), x=x, hx=hx)
     for name, t in tensors.items():
@@ -243,18 +243,19 @@ def _inplace_trial(make, bidirectional, needs, target, create_graph=False):
     return ("ok", grads)
 
 
+@pytest.mark.parametrize("T", [5, 1])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("needs", [("x", "hx", "params"), ("x",), ("hx",), ("params",), ("l1",), ("weight_ih_l0",),
                                    ("weight_hh_l1",), ("bias_hh_l0",), ("x", "weight_hh_l0")])
-def test_inplace_change_between_forward_and_backward_as_nn_rnn(needs, bidirectional):
+def test_inplace_change_between_forward_and_backward_as_nn_rnn(needs, bidirectional, T):
     """An argument changed in place between forward and backward is a version-counter error exactly
     where nn.RNN's is: where the gradients asked for read it (nn.RNN's autograd saves only those).
     A bias never is (an EMA or weight-decay step on it before backward is fine); the input not where
     only hx's gradient is wanted; hx not where no W_hh requires grad; and so on."""
     targets = ["x", "hx"] + [n for n, _ in nn.RNN(3, 4, 2, bidirectional=bidirectional).named_parameters()]
     for target in targets:
-        want = _inplace_trial(lambda ref: ref, bidirectional, needs, target)
-        got = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target)
+        want = _inplace_trial(lambda ref: ref, bidirectional, needs, target, T=T)
+        got = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target, T=T)
         assert got[0] == want[0], (needs, target, want[0])
         if want[0] == "ok":
             assert_same_results(want[1], got[1], F64, scaled=False)
@@ -265,8 +266,8 @@ def test_inplace_change_between_forward_and_backward_as_nn_rnn(needs, bidirectio
                 w = [p for p in ref.parameters()]
                 return RNNFunction.apply(x, hx, None, None, 2, bidirectional, False, True, *w)[:2]
             return call
-        got = _inplace_trial(through_function, bidirectional, needs, target)
-        want = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target)
+        got = _inplace_trial(through_function, bidirectional, needs, target, T=T)
+        want = _inplace_trial(fused_rnn.RNN.from_torch, bidirectional, needs, target, T=T)
         assert got[0] == want[0], (needs, target, "RNNFunction")
 
 
@@ -306,3 +307,39 @@ def test_activation_checkpointing_and_saved_tensor_hooks(how):
         (out.sin().sum() + hn.sum()).backward()
         grads.append([x.grad] + [p.grad for p in m.parameters()])
     assert_same_results(grads[0], grads[1], F64, scaled=False)
+
+
+@pytest.mark.parametrize("path", ["module", "RNNFunction"])
+@pytest.mark.parametrize("pattern", ["frozen_rnn_trainable_upstream", "frozen_input_weights", "no_input_grad"])
+def test_gradient_penalty_through_arguments_the_first_backward_does_not_read(pattern, path):
+    """Double backward where the first-order backward leaves some arguments unread (kept outside
+    save_for_backward): the second-order terms still reach them and what produced them. A frozen RNN
+    behind a trainable Linear, penalised on the gradient of its input; a frozen layer-0 W_ih; an input
+    without grad. Against nn.RNN's double backward."""
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        up = nn.Linear(3, 3, dtype=torch.float64)
+        ref = nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64)
+        if pattern == "frozen_rnn_trainable_upstream":
+            ref.requires_grad_(False)
+        elif pattern == "frozen_input_weights":
+            ref.weight_ih_l0.requires_grad_(False)
+            ref.weight_ih_l0_reverse.requires_grad_(False)
+        if not fused:
+            rnn = ref
+        elif path == "module":
+            rnn = fused_rnn.RNN.from_torch(ref)
+        else:
+            def rnn(x, ref=ref):
+                return RNNFunction.apply(x, torch.zeros(4, 2, 4, dtype=torch.float64), None, None, 2, True, False,
+                                         True, *ref.parameters())[:2]
+        z = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=pattern != "no_input_grad")
+        x = up(z)
+        out, hn = rnn(x)
+        loss = out.sin().sum() + (hn ** 2).sum()
+        wrt = [x] if x.requires_grad else [p for p in ref.parameters() if p.requires_grad][:2]
+        penalty = sum(g.square().sum() for g in torch.autograd.grad(loss, wrt, create_graph=True))
+        leaves = [p for p in (*up.parameters(), *ref.parameters()) if p.requires_grad]
+        results.append(torch.autograd.grad(loss + penalty, leaves))
+    assert_same_results(results[0], results[1], F64, scaled=False)

@@ -366,6 +366,14 @@ def test_rnn_base_helpers_and_assigned_flat_weights():
         m._flat_weights = halves
         m._init_flat_weights()
         run.append(m(x)[0])
+        # torch.func.functional_call swaps the module's own weights: those, not the assigned list, then
+        # the module's own again (nn.RNN's forward saw its weights change and rebuilt its list)
+        m._flat_weights = halves
+        run.append(torch.func.functional_call(m, {n: p * 0.3 for n, p in m.named_parameters()}, (x,))[0])
+        run.append(m(x)[0])
+        m._flat_weights = halves
+        m.register_parameter("bias_hh_l0", nn.Parameter(m.bias_hh_l0.detach() + 1))
+        run.append(m(x)[0])
         sums.append(run)
     for want, got in zip(*sums):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
