@@ -4,7 +4,8 @@
 
 gpu_report.py puts the same table in the GPU check's results file. Each criterion is a set of rows of
 the GPU quick sweep (benchmark.py CUDA_QUICK: T = 128, I = H, B in {1, 8, 64, 256}, H in {64, 256,
-512, 1024, 2048}, a 2-layer bidirectional H = 256 row and a packed-input row), a dtype, the TF32
+512, 1024, 2048}, a 2-layer bidirectional H = 256 row and a packed-input row, both B = 64, which the
+"H <= 256, B <= 64" criteria count too), a dtype, the TF32
 setting the run had, the modes, and the speedup over nn.RNN (cuDNN) each row must reach; the
 error rows ask benchmark.py's own verdict on the tests' rule (fused error against float64 at most
 2x nn.RNN's). For every run that has rows of a criterion it gives the rows met, the sweep rows the
@@ -152,7 +153,7 @@ def generation(name, text):
     """The generation row (issue 11: B = 1, H = 256, successive T = 1 calls, >= 1.0x eager and graph-
     captured, TF32 off and on) judged on a table of benchmarks/generation.py: one table line, or
     none where the file is another shape or dtype."""
-    if not re.search(r"calls of T = 1, B = 1, I = H = 256, float32,", text):
+    if not re.search(r"# Generation row: 256 calls of T = 1, B = 1, I = H = 256, float32,", text):
         return []
     cells, short = [], []
     for line in text.splitlines():

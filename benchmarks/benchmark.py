@@ -3,7 +3,7 @@
 
     python benchmarks/benchmark.py --quick                  # CPU, 2 threads, < 3 min on 2 cores
     python benchmarks/benchmark.py                          # CPU, full sweep
-    python benchmarks/benchmark.py --device cuda --quick    # GPU key shapes, ~2 min on an H100
+    python benchmarks/benchmark.py --device cuda --quick    # GPU: the GPU issues' acceptance sweep (22 shapes)
     python benchmarks/benchmark.py --shapes "1,1000,10,20,1,F 16,128,64,128,2,T 64,128,256,256,1,F,P" --modes fwd
 
 Shapes are written B,T,I,H,L,bidirectional[,P] (input is time-major [T, B, I]; P: a PackedSequence of

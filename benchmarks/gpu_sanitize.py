@@ -17,7 +17,9 @@ odd H in each cluster shape of each kernel (the FFMA kernel, TF32 and m16n8k16 o
 each with the cluster barrier and with the exchange on mbarriers (FUSED_RNN_CUDA_CLUSTER_EXCHANGE).
 There the regime that ran must be the cluster kernel expected (tests/test_resident_mapping.py checks
 on the CPU that these sizes cover every cluster shape the launchers have), so that a run cannot pass
-by having fallen back to another kernel.
+by having fallen back to another kernel. The tensor-core kernel records one name (resident_mma,
+resident_tf32) for one CTA and for a cluster; every H here is above what one CTA holds (256 for
+float16/bfloat16, 192 for TF32), so that name can only come from a cluster launch.
 
 Every configuration also checks its output and gradients against the CPU kernels, so a run that the
 sanitizer passes but that computes garbage still fails (exit code 1). float32 runs in IEEE fp32
@@ -106,8 +108,9 @@ def run(config, fused_rnn) -> bool:
             out, hn = m(xd)
         if dev == "cuda":
             ran = fused_rnn._C.last_cuda_regime()  # the forward's (the backward runs on autograd's thread)
-        (out.data.float().square().sum() + hn.float().sum()).backward()
-        results.append([out.data, hn, xd.grad] + [p.grad for p in m.parameters()])
+        out = out.data if config.packed else out  # (.data of a plain tensor would detach it)
+        (out.float().square().sum() + hn.float().sum()).backward()
+        results.append([out, hn, xd.grad] + [p.grad for p in m.parameters()])
         m.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     worst = max(((c.cpu().double() - g.double()).abs().max() / (1 + g.double().abs().max())).item()

@@ -339,6 +339,10 @@ class RNN(nn.Module):
         an nn.RNN (a leaf module there, being in torch.nn), instead of tracing into forward, whose
         checks branch on the input's sizes. The GraphModule then calls this module as it is."""
         tracer = input.tracer
+        if getattr(tracer, "root", None) is self:
+            # nn.RNN cannot be traced as the root either (FX traces a root's forward): say so plainly
+            raise RuntimeError("torch.fx.symbolic_trace: fused_rnn.RNN is traced as a leaf module, like nn.RNN, "
+                               "so it cannot be the root of the trace; trace a module that holds it")
         return tracer.create_proxy("call_module", tracer.path_of_module(self), (input,) if hx is None else (input, hx),
                                    {})
 

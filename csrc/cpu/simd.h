@@ -179,7 +179,7 @@ FUSED_RNN_INLINE void activate(int64_t M, int64_t N, T* c, int64_t ldc, bool rel
     } else if constexpr (sizeof(T) == sizeof(float)) {
       for_each_vec<T>(N, row, [&](vec x, int64_t) { return tanh_rational(x); });
     } else {
-      for (int64_t j = 0; j < N; ++j) row[j] = std::tanh(row[j]);  // float64: exact, speed secondary
+      for (int64_t j = 0; j < N; ++j) row[j] = std::tanh(row[j]);  // float64: libm's, speed secondary
     }
   }
 }
