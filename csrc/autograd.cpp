@@ -8,6 +8,12 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <c10/util/SmallVector.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
 #include "op_handles.h"
 #include "rnn_composite.h"
 
@@ -90,10 +96,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_composite_kernel(
 //   biases:           never
 // With one time step there is no recursion: W_hh is read only for hx's gradient (dh0 = W_hhᵀ δ_0).
 // Returns one flag per argument, in the order input, hx, weights.
-std::vector<bool> read_by_backward(const Tensor& input, const Tensor& hx, at::TensorList weights, int64_t num_layers,
-                                   bool bidirectional, bool has_biases, int64_t steps) {
+c10::SmallVector<bool, 32> read_by_backward(const Tensor& input, const Tensor& hx, at::TensorList weights,
+                                            int64_t num_layers, bool bidirectional, bool has_biases, int64_t steps) {
   const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
-  std::vector<bool> read(2 + weights.size(), false);
+  c10::SmallVector<bool, 32> read(2 + weights.size(), false);
   bool below = input.requires_grad();  // the gradient of this layer's input is needed
   bool any_w_hh = false, first_w_ih = false;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -115,14 +121,37 @@ std::vector<bool> read_by_backward(const Tensor& input, const Tensor& hx, at::Te
   return read;
 }
 
+// The saved_data key of argument i (input 0, hx 1, weights 2...) kept outside save_for_backward ("u"),
+// or of the probe of its version counter ("p"); built once (the forward runs on every call).
+const std::string& unread_key(char kind, size_t i) {
+  static constexpr size_t kKeys = 1024;
+  static const std::array<std::vector<std::string>, 2> keys = [] {
+    std::array<std::vector<std::string>, 2> k;
+    for (size_t j = 0; j < kKeys; ++j) {
+      k[0].push_back("u" + std::to_string(j));
+      k[1].push_back("p" + std::to_string(j));
+    }
+    return k;
+  }();
+  thread_local std::string beyond;  // more than 1024 arguments: 255 layers, bidirectional
+  if (i < kKeys) return keys[kind == 'p'][i];
+  beyond = std::string(1, kind) + std::to_string(i);
+  return beyond;
+}
+
 class RnnForward : public torch::autograd::Function<RnnForward> {
  public:
+  // reserve_out: the inner layers' outputs, not a differentiable output of the node (not by
+  // mark_non_differentiable, which compiled autograd refuses in a C++ Function: CppNode::compiled_args
+  // asserts that none was marked; and no detach, a TensorImpl a call): handed out through a pointer.
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, at::TensorList weights,
                                const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& dropout_mask,
-                               int64_t num_layers, bool bidirectional, bool relu, bool has_biases) {
+                               int64_t num_layers, bool bidirectional, bool relu, bool has_biases,
+                               Tensor* reserve_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, hy, reserve] = rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers,
                                                        bidirectional, relu, has_biases);
+    *reserve_out = reserve;
     // The arguments the backward reads are saved, their version checked at backward. The others are
     // kept unchecked, with their version now: their values reach only gradients nobody asked for,
     // unless the backward is differentiated (create_graph), whose recomputation reads them all.
@@ -132,48 +161,45 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     //   a weight (alive with its module anyway), or input or hx that requires grad (a differentiable
     //     backward must reach its autograd history, which an alias lacks): the tensor itself, in
     //     saved_data (held until the graph is freed).
-    // One saved_data entry per tensor and per version: compiled autograd swaps a tensor entry for its
-    // proxy (not one inside a list), and lifts a top-level int as an input (a version in a list would
-    // be hashed into its cache key, and versions change with every optimizer step).
+    // Their versions: one sum ("versions"; versions only grow, so an equal sum means none changed).
+    // One saved_data entry per tensor: compiled autograd swaps a tensor entry for its proxy (not one
+    // inside a list), and lifts a top-level int as an input (a version in a list would be hashed into
+    // its cache key, and versions change with every optimizer step).
     // The step count where it is a plain number: a symbolic one (torch.compile, dynamic shapes) is
     // taken as more than one, not guarded on.
     const c10::SymInt sym_steps = batch_sizes.has_value() ? batch_sizes->sym_size(0) : input.sym_size(0);
     const int64_t steps = sym_steps.maybe_as_int().value_or(2);
-    const std::vector<bool> read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases, steps);
-    variable_list args{input, hx};
-    args.insert(args.end(), weights.begin(), weights.end());
-    std::vector<int64_t> unread_at;
-    for (size_t i = 0; i < args.size(); ++i) {
+    const auto read = read_by_backward(input, hx, weights, num_layers, bidirectional, has_biases, steps);
+    variable_list saved{batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve, input, hx};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->saved_data.reserve(weights.size() + 4);
+    int64_t versions = 0;
+    for (size_t i = 0; i + 4 < saved.size(); ++i) {
       if (read[i]) continue;
-      const std::string k = std::to_string(i);
-      ctx->saved_data["v" + k] = static_cast<int64_t>(args[i]._version());
-      if (i < 2 && !args[i].requires_grad()) {
-        Tensor probe = at::empty({0}, args[i].options());
-        torch::autograd::impl::set_version_counter(probe, torch::autograd::impl::version_counter(args[i]));
-        ctx->saved_data["p" + k] = std::move(probe);
-        args[i] = args[i].variable_data();
+      Tensor& t = saved[4 + i];
+      versions += static_cast<int64_t>(t._version());
+      if (i < 2 && !t.requires_grad()) {
+        Tensor probe = at::empty({0}, t.options());
+        torch::autograd::impl::set_version_counter(probe, torch::autograd::impl::version_counter(t));
+        ctx->saved_data[unread_key('p', i)] = std::move(probe);
+        t = t.variable_data();
       } else {
-        ctx->saved_data["u" + k] = args[i];
-        args[i] = Tensor();
+        ctx->saved_data[unread_key('u', i)] = t;
+        t = Tensor();
       }
-      unread_at.push_back(static_cast<int64_t>(i));
     }
-    variable_list saved{batch_sizes.value_or(Tensor()), dropout_mask.value_or(Tensor()), output, reserve};
-    saved.insert(saved.end(), args.begin(), args.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["config"] = std::vector<int64_t>{num_layers, bidirectional, relu, has_biases};
-    ctx->saved_data["unread_at"] = unread_at;
-    // reserve (the inner layers' outputs) is not differentiable: rnn_forward_autograd returns it
-    // detached. (Not by mark_non_differentiable, which compiled autograd refuses in a C++ Function:
-    // CppNode::compiled_args asserts that none was marked.) No gradient is materialised for it, nor
-    // for an output that did not reach the loss: backward takes undefined gradients as zeros.
+    ctx->saved_data["versions"] = versions;
+    // No gradient is materialised for an output that did not reach the loss: backward takes
+    // undefined gradients as zeros.
     ctx->set_materialize_grads(false);
     // On the CPU nn.RNN lets the caller modify its output in place before backward (torch.relu_(out),
     // in-place dropout): the caller gets a copy, the backward reads the saved original. CUDA keeps
     // cuDNN's contract instead: the output itself is saved, and an in-place change of it is a
     // version-counter error at backward, as with nn.RNN there.
     if (output.is_cpu()) output = output.clone();
-    return {output, hy, reserve};
+    return {output, hy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -184,19 +210,21 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
     // A differentiable backward (create_graph, or vmap over it) recomputes the forward from all of
     // them: there an unread argument changed in place is the error a saved one would give.
     const bool reads_all = at::GradMode::is_enabled() || is_transformed(grads[0]) || is_transformed(grads[1]);
-    for (const int64_t i : ctx->saved_data["unread_at"].toIntVector()) {
-      const std::string k = std::to_string(i);
-      const auto original = ctx->saved_data.find("u" + k);
-      if (original != ctx->saved_data.end()) args[i] = original->second.toTensor();
-      if (!reads_all) continue;
-      const Tensor versioned = original != ctx->saved_data.end() ? args[i] : ctx->saved_data["p" + k].toTensor();
-      const int64_t version = ctx->saved_data["v" + k].toInt();
-      TORCH_CHECK(static_cast<int64_t>(versioned._version()) == version,
-                  "one of the variables needed for gradient computation has been modified by an inplace "
-                  "operation: [", args[i].toString(), " ", args[i].sizes(), "] is at version ", versioned._version(),
-                  "; expected version ", version, " instead. (fused_rnn: a differentiable backward, "
-                  "create_graph=True, recomputes the forward from every argument of fused_rnn::rnn_forward)");
+    int64_t versions = 0;
+    for (size_t i = 0; i < args.size(); ++i) {
+      // unread: kept itself (saved as undefined), or an alias with a probe (input, hx)
+      if (!args[i].defined()) {
+        args[i] = ctx->saved_data[unread_key('u', i)].toTensor();
+        versions += reads_all ? static_cast<int64_t>(args[i]._version()) : 0;
+      } else if (reads_all && i < 2) {
+        const auto probe = ctx->saved_data.find(unread_key('p', i));
+        if (probe != ctx->saved_data.end()) versions += static_cast<int64_t>(probe->second.toTensor()._version());
+      }
     }
+    TORCH_CHECK(!reads_all || versions == ctx->saved_data["versions"].toInt(),
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                "fused_rnn::rnn_forward's input, hx or a weight changed in place after the forward (a differentiable "
+                "backward, create_graph=True, recomputes the forward from every one of them)");
     const Tensor &input = args[0], &hx = args[1], &output = s[2], &reserve = s[3];
     const std::vector<Tensor> weights(args.begin() + 2, args.end());
     const int64_t num_layers = cfg[0];
@@ -219,10 +247,11 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
                                  num_layers, bidirectional, relu, has_biases);
     }
     // One gradient per forward input, TensorList flattened: input, hx, weights..., then the
-    // non-differentiable batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases.
+    // non-differentiable batch_sizes, dropout_mask, num_layers, bidirectional, relu, has_biases,
+    // reserve_out.
     variable_list result{grad_input, grad_hx};
     result.insert(result.end(), grad_weights.begin(), grad_weights.end());
-    result.resize(result.size() + 6);
+    result.resize(result.size() + 7);
     return result;
   }
 };
@@ -241,9 +270,10 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
     return rnn_forward_op().call(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
                                  has_biases);
   }
+  Tensor reserve;
   auto r = RnnForward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
-                             has_biases);
-  return {r[0], r[1], r[2].detach()};
+                             has_biases, &reserve);
+  return {r[0], r[1], reserve};
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_backward_autograd(
