@@ -176,6 +176,13 @@ class RNN(nn.Module):
         self._init_flat_weights()  # nn.RNN._apply rebuilds its list from the (moved) weights
         return ret
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What torch.jit.script compiles in this module's place (fused_rnn/scripting.py): a module
+        sharing its parameters whose forward TorchScript can compile."""
+        from .scripting import ScriptableRNN
+
+        return ScriptableRNN(self)
+
     # nn.RNNBase's public helpers, for code that calls them on an RNN: its own functions (they read
     # only the configuration attributes and _flat_weights, which this module has too).
     check_input = nn.RNNBase.check_input

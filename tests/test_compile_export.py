@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) of fused_rnn.RNN for inference and training (static and dynamic
 shapes), and torch.export of a model that holds one. Few compiled graphs: compiling is slow here."""
 import copy
+from typing import Optional
 
 import pytest
 import torch
@@ -190,3 +191,63 @@ def test_compiled_autograd_gives_nn_rnn_gradients_with_one_capture(x_grad):
         for want, got in zip(*grads):
             torch.testing.assert_close(got, want, **TOL[torch.float64])
     assert counters["compiled_autograd"]["captures"] == 1
+
+
+def test_jit_script_of_a_model_holding_the_rnn():
+    """torch.jit.script of a model that holds fused_rnn.RNN (it compiles fused_rnn/scripting.py's
+    ScriptableRNN in its place): nn.RNN's outputs and gradients, batched, batch_first, unbatched, with
+    and without hx; the same parameters (state_dict keys, an optimizer on the original trains the
+    scripted model); dropout in training draws the eager module's masks; nn.RNN's checks; and a
+    save / load round trip."""
+    import io
+    import warnings
+
+    class SimpleRNN(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+            self.fc = nn.Linear(8, 5, dtype=torch.float64)
+
+        def forward(self, x, h: Optional[torch.Tensor] = None):
+            out, hn = self.rnn(x, h)
+            return self.fc(out), hn
+
+    torch.manual_seed(0)
+    ref = SimpleRNN(nn.RNN(3, 4, 2, batch_first=True, bidirectional=True, dropout=0.5, dtype=torch.float64))
+    eager = copy.deepcopy(ref)
+    eager.rnn = fused_rnn.RNN.from_torch(eager.rnn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated in torch >= 2.10
+        scripted = torch.jit.script(eager)
+    assert list(scripted.state_dict()) == list(ref.state_dict())
+    assert all(a is b for a, b in zip(scripted.parameters(), eager.parameters()))
+    ref.eval(), scripted.eval()
+    for x, h in ((torch.randn(2, 5, 3, dtype=torch.float64), None),
+                 (torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(4, 2, 4, dtype=torch.float64)),
+                 (torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64))):
+        outs = []
+        for m in (ref, scripted):
+            xi = x.clone().requires_grad_()
+            y, hn = m(xi, h)
+            (y.sin().sum() + hn.sum()).backward()
+            outs.append([y, hn, xi.grad] + [p.grad.clone() for p in m.parameters()])
+            m.zero_grad()
+        for want, got in zip(*outs):
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    scripted.train()
+    eager.train()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    torch.manual_seed(3)
+    want = eager(x)[0]
+    torch.manual_seed(3)
+    torch.testing.assert_close(scripted(x)[0], want, rtol=1e-12, atol=1e-12)
+    # (a scripted nn.RNN raises its errors as torch.jit.Error too)
+    with pytest.raises(torch.jit.Error, match=r"input.size\(-1\) must be equal to input_size. Expected 3, got 4"):
+        scripted(torch.randn(2, 5, 4, dtype=torch.float64))
+    with pytest.raises(torch.jit.Error, match=r"Expected hidden size \(4, 2, 4\)"):
+        scripted(x, torch.randn(2, 2, 4, dtype=torch.float64))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted.eval(), buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    torch.testing.assert_close(loaded(x)[0], scripted(x)[0], rtol=0, atol=0)

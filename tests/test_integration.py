@@ -284,3 +284,14 @@ def test_buffer_io_round_trip_keeps_config():
     assert repr(m2) == repr(m) == repr(nn.RNN(4, 5, 3, "relu", bias=False, batch_first=True, dropout=0.25,
                                              bidirectional=True))
     assert m2.state_dict().keys() == m.state_dict().keys()
+
+
+def test_readme_usage_snippet_runs_as_written():
+    """The README's Usage block, executed as it stands: every name it uses is defined there, and it
+    ends with the models it describes."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    block = readme.split("## Usage", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope = {}
+    exec(compile(block, "README.md (Usage)", "exec"), scope)
+    assert type(scope["fused"]) is fused_rnn.RNN and type(scope["model"][1]) is fused_rnn.RNN
+    assert scope["output"].shape == (3, 4, 20) and scope["h_n"].shape == (2, 3, 20)

@@ -1,0 +1,91 @@
+"""TorchScript for fused_rnn.RNN: what torch.jit.script compiles in its place.
+
+fused_rnn.RNN.forward is Python that TorchScript cannot compile (it dispatches on the input's type,
+reads weights that may be parametrized, catches the op's errors to re-raise them as nn.RNN would).
+torch.jit.script calls a module's __prepare_scriptable__ first, and scripts what it returns: for
+fused_rnn.RNN that is a ScriptableRNN, which shares its parameters (the same Parameter objects, under
+the same names: state_dict keys, optimizers and checkpoints carry over) and whose forward calls the
+fused op directly. A model that holds fused_rnn.RNN modules scripts as it would with nn.RNN.
+
+Scripted, the module takes padded input ([T, B, I], [B, T, I] with batch_first, unbatched [T, I]) and
+an optional hx, with nn.RNN's checks and messages for the input's dimensions, feature size and hx's
+shape; dropout between layers in training, from the same generator. Not scripted: PackedSequence
+input (a scripted nn.RNN takes it through overloads) and autocast. A scripted or traced model calls
+the op fused_rnn::rnn_forward: `import fused_rnn` before torch.jit.load.
+
+Shapes: T steps, B batch, I input size, H hidden size, D = 2 if bidirectional else 1, L layers.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class ScriptableRNN(nn.Module):
+    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional"]
+    _flat_weights: List[Tensor]
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        for attr in ("mode", "nonlinearity", "input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                     "dropout", "bidirectional", "proj_size"):
+            setattr(self, attr, getattr(src, attr))
+        weights = src._get_flat_weights()
+        for name, w in zip(src._flat_weights_names, weights):
+            if parametrize.is_parametrized(src, name):
+                raise RuntimeError(f"torch.jit.script: fused_rnn.RNN's {name} is parametrized "
+                                   "(torch.nn.utils.parametrize), which TorchScript cannot compile")
+            if isinstance(w, nn.Parameter):
+                self.register_parameter(name, w)
+            else:
+                setattr(self, name, w)  # a plain tensor weight stays a plain attribute
+        self._flat_weights_names = list(src._flat_weights_names)
+        self._flat_weights = list(weights)
+        self.train(src.training)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        D = 2 if self.bidirectional else 1
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if batched:
+            if hx is not None and hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        else:
+            if input.dim() != 2:
+                raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {input.size(-1)}")
+        x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
+        B = x.size(1)
+        if hx is None:
+            h0 = torch.zeros(self.num_layers * D, B, self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            h0 = hx
+            if h0.size(0) != self.num_layers * D or h0.size(1) != B or h0.size(2) != self.hidden_size:
+                raise RuntimeError(f"Expected hidden size ({self.num_layers * D}, {B}, {self.hidden_size}), "
+                                   f"got {h0.size()}")
+        mask: Optional[Tensor] = None
+        if self.training and self.dropout > 0.0 and self.num_layers > 1:
+            shape = [self.num_layers - 1, x.size(0), B, D * self.hidden_size]
+            if self.dropout >= 1.0:
+                mask = torch.zeros(shape, dtype=x.dtype, device=x.device)
+            else:
+                keep = 1.0 - self.dropout
+                mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+        out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, h0, self._flat_weights, None, mask, self.num_layers,
+                                                     self.bidirectional, self.mode != "RNN_TANH", self.bias)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(batch_dim)
+            hy = hy.squeeze(1)
+        return out, hy
