@@ -139,7 +139,12 @@ const std::string& unread_key(char kind, size_t i) {
   return beyond;
 }
 
-class RnnForward : public torch::autograd::Function<RnnForward> {
+}  // namespace
+
+// The autograd node of rnn_forward, named for what it computes, as ATen's nodes are (tensors print
+// grad_fn=<CppNode<fused_rnn::RnnBackward>>): outside the anonymous namespace, whose name would
+// show in it.
+class RnnBackward : public torch::autograd::Function<RnnBackward> {
  public:
   // reserve_out: the inner layers' outputs, not a differentiable output of the node (not by
   // mark_non_differentiable, which compiled autograd refuses in a C++ Function: CppNode::compiled_args
@@ -256,6 +261,8 @@ class RnnForward : public torch::autograd::Function<RnnForward> {
   }
 };
 
+namespace {
+
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, const Tensor& hx,
                                                         at::TensorList weights,
                                                         const std::optional<Tensor>& batch_sizes,
@@ -271,7 +278,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& input, con
                                  has_biases);
   }
   Tensor reserve;
-  auto r = RnnForward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
+  auto r = RnnBackward::apply(input, hx, weights, batch_sizes, dropout_mask, num_layers, bidirectional, relu,
                              has_biases, &reserve);
   return {r[0], r[1], reserve};
 }
