@@ -11,12 +11,14 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 from torch.fx import Proxy as _FxProxy
+from torch.jit import is_scripting as _is_scripting
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook, SpectralNormStateDictHook
 from torch.nn.utils.weight_norm import WeightNorm
 
 from .functional import rnn
+from .scripting import ScriptedForward, prepare_scriptable
 
 # Constructor arguments copied by from_torch / to_torch; then mode and nonlinearity, as attributes.
 _CONVERTED_ATTRS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
@@ -38,7 +40,7 @@ def _autocast_cast(t, dtype: torch.dtype):
     return t
 
 
-class RNN(nn.Module):
+class RNN(ScriptedForward, nn.Module):
     r"""Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh or relu.
 
     Same constructor, attributes, parameters (names, shapes, order, initialisation), state_dict and
@@ -176,12 +178,18 @@ class RNN(nn.Module):
         self._init_flat_weights()  # nn.RNN._apply rebuilds its list from the (moved) weights
         return ret
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        """What torch.jit.script compiles in this module's place (fused_rnn/scripting.py): a module
-        sharing its parameters whose forward TorchScript can compile."""
-        from .scripting import ScriptableRNN
+    # TorchScript (fused_rnn/scripting.py): forward compiles to ScriptedForward._script_forward; these
+    # properties are Python only.
+    __jit_unused_properties__ = ["_flat_weights", "all_weights"]
 
-        return ScriptableRNN(self)
+    def __prepare_scriptable__(self) -> nn.Module:
+        return prepare_scriptable(self)
+
+    def __setstate__(self, state) -> None:
+        # A copy (pickle, deepcopy, torch.load) runs on its own weights, as nn.RNN's does (its
+        # __setstate__ rebuilds its _flat_weights): not on a list assigned to the original.
+        state.pop("_flat_weights_assigned", None)
+        super().__setstate__(state)
 
     # nn.RNNBase's public helpers, for code that calls them on an RNN: its own functions (they read
     # only the configuration attributes and _flat_weights, which this module has too).
@@ -319,8 +327,16 @@ class RNN(nn.Module):
                 if list(w.shape) != expected:
                     raise RuntimeError(f"{name} must have shape {expected}, got {list(w.shape)}") from None
 
-    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
-                ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        # input: [T, B, I] ([B, T, I] if batch_first), unbatched [T, I], or a PackedSequence (then the
+        # output is one too). The annotations are TorchScript's, which compiles the first branch only.
+        if _is_scripting():
+            return self._script_forward(input, hx)
+        return self._eager_forward(input, hx)
+
+    @torch.jit.unused
+    def _eager_forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
+                       ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         if isinstance(input, _FxProxy):
             return self._fx_leaf(input, hx)
         if isinstance(input, PackedSequence):

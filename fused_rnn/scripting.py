@@ -1,11 +1,15 @@
-"""TorchScript for fused_rnn.RNN: what torch.jit.script compiles in its place.
+"""TorchScript for fused_rnn.RNN: what torch.jit.script compiles of it.
 
-fused_rnn.RNN.forward is Python that TorchScript cannot compile (it dispatches on the input's type,
-reads weights that may be parametrized, catches the op's errors to re-raise them as nn.RNN would).
-torch.jit.script calls a module's __prepare_scriptable__ first, and scripts what it returns: for
-fused_rnn.RNN that is a ScriptableRNN, which shares its parameters (the same Parameter objects, under
-the same names: state_dict keys, optimizers and checkpoints carry over) and whose forward calls the
-fused op directly. A model that holds fused_rnn.RNN modules scripts as it would with nn.RNN.
+fused_rnn.RNN's eager forward is Python that TorchScript cannot compile (it dispatches on the input's
+type, reads weights that may be parametrized, catches the op's errors to re-raise them as nn.RNN
+would). So fused_rnn.RNN.forward branches on torch.jit.is_scripting(): compiled by TorchScript it is
+ScriptedForward._script_forward below, which calls the fused op directly on the weights that
+prepare_scriptable (called by torch.jit.script through the module's __prepare_scriptable__) lists
+in an attribute; in eager code it is the Python forward. The module itself is what gets scripted
+(torch.jit.script writes what __prepare_scriptable__ returns back into the parent model, so it must
+be the module itself), with its parameters, names and hooks (TorchScript refuses hooks it cannot compile, such as the
+hook-based torch.nn.utils.weight_norm's, as it does for nn.RNN). A model that holds fused_rnn.RNN
+modules scripts as it would with nn.RNN.
 
 Scripted, the module takes padded input ([T, B, I], [B, T, I] with batch_first, unbatched [T, I]) and
 an optional hx, with nn.RNN's checks and messages for the input's dimensions, feature size and hx's
@@ -22,30 +26,24 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
-class ScriptableRNN(nn.Module):
-    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                     "bidirectional"]
-    _flat_weights: List[Tensor]
+def prepare_scriptable(module: nn.Module) -> nn.Module:
+    """fused_rnn.RNN.__prepare_scriptable__: lists the module's weights, as they are now, in the
+    attribute _script_weights that the scripted forward runs on (as a scripted nn.RNN runs on its
+    _flat_weights), and returns the module itself."""
+    for name in module._flat_weights_names:
+        if parametrize.is_parametrized(module, name):
+            raise RuntimeError(f"torch.jit.script: fused_rnn.RNN's {name} is parametrized "
+                               "(torch.nn.utils.parametrize), which TorchScript cannot compile")
+    module._script_weights = module._get_flat_weights()
+    return module
 
-    def __init__(self, src: nn.Module) -> None:
-        super().__init__()
-        for attr in ("mode", "nonlinearity", "input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                     "dropout", "bidirectional", "proj_size"):
-            setattr(self, attr, getattr(src, attr))
-        weights = src._get_flat_weights()
-        for name, w in zip(src._flat_weights_names, weights):
-            if parametrize.is_parametrized(src, name):
-                raise RuntimeError(f"torch.jit.script: fused_rnn.RNN's {name} is parametrized "
-                                   "(torch.nn.utils.parametrize), which TorchScript cannot compile")
-            if isinstance(w, nn.Parameter):
-                self.register_parameter(name, w)
-            else:
-                setattr(self, name, w)  # a plain tensor weight stays a plain attribute
-        self._flat_weights_names = list(src._flat_weights_names)
-        self._flat_weights = list(weights)
-        self.train(src.training)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+class ScriptedForward:
+    """The forward TorchScript compiles for fused_rnn.RNN (a base class of it)."""
+
+    _script_weights: List[Tensor]
+
+    def _script_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         D = 2 if self.bidirectional else 1
         batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
@@ -81,7 +79,7 @@ class ScriptableRNN(nn.Module):
             else:
                 keep = 1.0 - self.dropout
                 mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-        out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, h0, self._flat_weights, None, mask, self.num_layers,
+        out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, h0, self._script_weights, None, mask, self.num_layers,
                                                      self.bidirectional, self.mode != "RNN_TANH", self.bias)
         if self.batch_first:
             out = out.transpose(0, 1)

@@ -194,8 +194,8 @@ def test_compiled_autograd_gives_nn_rnn_gradients_with_one_capture(x_grad):
 
 
 def test_jit_script_of_a_model_holding_the_rnn():
-    """torch.jit.script of a model that holds fused_rnn.RNN (it compiles fused_rnn/scripting.py's
-    ScriptableRNN in its place): nn.RNN's outputs and gradients, batched, batch_first, unbatched, with
+    """torch.jit.script of a model that holds fused_rnn.RNN (the module's forward compiles to
+    fused_rnn/scripting.py's ScriptedForward._script_forward): nn.RNN's outputs and gradients, batched, batch_first, unbatched, with
     and without hx; the same parameters (state_dict keys, an optimizer on the original trains the
     scripted model); dropout in training draws the eager module's masks; nn.RNN's checks; and a
     save / load round trip."""
@@ -221,7 +221,12 @@ def test_jit_script_of_a_model_holding_the_rnn():
         scripted = torch.jit.script(eager)
     assert list(scripted.state_dict()) == list(ref.state_dict())
     assert all(a is b for a, b in zip(scripted.parameters(), eager.parameters()))
-    ref.eval(), scripted.eval()
+    # torch.jit.script writes what __prepare_scriptable__ returns back into the model: the module itself,
+    # so the eager model keeps its fused_rnn.RNN (packed input and all)
+    assert type(eager.rnn) is fused_rnn.RNN
+    ref.eval(), scripted.eval(), eager.eval()
+    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(4, 3, dtype=torch.float64)])
+    torch.testing.assert_close(eager.rnn(packed)[1], ref.rnn(packed)[1], **TOL[torch.float64])
     for x, h in ((torch.randn(2, 5, 3, dtype=torch.float64), None),
                  (torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(4, 2, 4, dtype=torch.float64)),
                  (torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64))):

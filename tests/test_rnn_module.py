@@ -355,25 +355,29 @@ def test_rnn_base_helpers_and_assigned_flat_weights():
         assert m.get_expected_hidden_size(x, torch.tensor([3, 1])) == (2, 3, 4)
         assert m.permute_hidden(torch.arange(3.0).view(1, 3, 1), torch.tensor([2, 0, 1])).flatten().tolist() == [
             2.0, 0.0, 1.0]
+        # (a fresh list each time: nn.RNN's __setattr__ writes a weight assigned by name into the list)
         halves = [w.detach() * 0.5 for w in m._flat_weights]
-        m._flat_weights = halves
+        m._flat_weights = list(halves)
         run = [m(x)[0]]
         m.weight_hh_l1 = nn.Parameter(halves[5] * 2)  # a weight assigned by name: the module's weights again
         run.append(m(x)[0])
-        m._flat_weights = halves
+        m._flat_weights = list(halves)
         m.double()  # moved: its own weights again
         run.append(m(x)[0])
-        m._flat_weights = halves
+        m._flat_weights = list(halves)
         m._init_flat_weights()
         run.append(m(x)[0])
         # torch.func.functional_call swaps the module's own weights: those, not the assigned list, then
         # the module's own again (nn.RNN's forward saw its weights change and rebuilt its list)
-        m._flat_weights = halves
+        m._flat_weights = list(halves)
         run.append(torch.func.functional_call(m, {n: p * 0.3 for n, p in m.named_parameters()}, (x,))[0])
         run.append(m(x)[0])
-        m._flat_weights = halves
+        m._flat_weights = list(halves)
         m.register_parameter("bias_hh_l0", nn.Parameter(m.bias_hh_l0.detach() + 1))
         run.append(m(x)[0])
+        # a copy runs on its own weights (nn.RNN's __setstate__ rebuilds its list), the original not
+        m._flat_weights = list(halves)
+        run += [copy.deepcopy(m)(x)[0], m(x)[0]]
         sums.append(run)
     for want, got in zip(*sums):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
