@@ -360,14 +360,27 @@ class RNN(ScriptedForward, nn.Module):
     def _fx_leaf(self, input: "_FxProxy", hx) -> "_FxProxy":
         """Under torch.fx.symbolic_trace: one call_module node for this module, the node FX records for
         an nn.RNN (a leaf module there, being in torch.nn), instead of tracing into forward, whose
-        checks branch on the input's sizes. The GraphModule then calls this module as it is."""
+        checks branch on the input's sizes. The GraphModule then calls this module as it is. (With
+        forward hooks, a call of its forward method instead: see below.)"""
         tracer = input.tracer
         if getattr(tracer, "root", None) is self:
             # nn.RNN cannot be traced as the root either (FX traces a root's forward): say so plainly
             raise RuntimeError("torch.fx.symbolic_trace: fused_rnn.RNN is traced as a leaf module, like nn.RNN, "
                                "so it cannot be the root of the trace; trace a module that holds it")
-        return tracer.create_proxy("call_module", tracer.path_of_module(self), (input,) if hx is None else (input, hx),
-                                   {})
+        args = (input,) if hx is None else (input, hx)
+        if self._has_forward_hooks():
+            # FX traces into a module it does not take as a leaf through its __call__, so its hooks
+            # ran on the proxies and are in the graph already: call forward itself, not the module
+            # (whose __call__ would run them a second time).
+            module = tracer.create_proxy("get_attr", tracer.path_of_module(self), (), {})
+            return tracer.create_proxy("call_method", "forward", (module, *args), {})
+        return tracer.create_proxy("call_module", tracer.path_of_module(self), args, {})
+
+    def _has_forward_hooks(self) -> bool:
+        from torch.nn.modules import module as nn_module
+
+        return bool(self._forward_hooks or self._forward_pre_hooks or nn_module._global_forward_hooks
+                    or nn_module._global_forward_pre_hooks)
 
     def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
         data, batch_sizes, sorted_indices, unsorted_indices = input

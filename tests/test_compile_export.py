@@ -256,3 +256,25 @@ def test_jit_script_of_a_model_holding_the_rnn():
     buffer.seek(0)
     loaded = torch.jit.load(buffer)
     torch.testing.assert_close(loaded(x)[0], scripted(x)[0], rtol=0, atol=0)
+
+
+def test_fx_symbolic_trace_applies_forward_hooks_once():
+    """A fused_rnn.RNN with forward hooks under torch.fx.symbolic_trace: FX runs (and records) the hooks
+    while tracing through the module's __call__, so the graph calls its forward, not the module, and
+    the GraphModule computes what the hooked model computes."""
+    class Model(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    rnn = fused_rnn.RNN(3, 4, dtype=torch.float64)
+    rnn.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    rnn.register_forward_hook(lambda m, args, out: (out[0] + 1, out[1]))
+    model = Model(rnn)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    gm = torch.fx.symbolic_trace(model)
+    assert [n.op for n in gm.graph.nodes if n.target in ("rnn", "forward")] == ["get_attr", "call_method"]
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
