@@ -1,11 +1,14 @@
 """Fixtures and helpers shared by the tests, one for each job: twin modules (nn.RNN and fused_rnn.RNN
 with equal but separate parameters), one forward+backward runner, one comparison of results, the
-"at most 2x the baseline's error" rule, random arguments of the ops, per-dtype tolerances, and the
-kernels' run-time switches.
+"at most 2x the baseline's error" rule, random arguments of the ops, per-dtype tolerances, the
+kernels' run-time switches, and the benchmarks/ scripts as modules.
 
 Shapes: T steps, B batch, I input size, H hidden size, D directions, L layers.
 """
 import contextlib
+import importlib
+import os
+import sys
 
 import pytest
 import torch
@@ -269,3 +272,14 @@ def reference_fn(a):
     def f(x, hx, *weights):
         return rnn_reference(x, hx, list(weights), a["batch_sizes"], a["dropout_mask"], *(a[k] for k in OP_CONFIG))
     return f
+
+
+def benchmark_script(name):
+    """benchmarks/<name>.py as a module: a script, not part of the package (its folder goes on
+    sys.path while it loads, for the scripts it imports in turn)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

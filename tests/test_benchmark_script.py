@@ -3,22 +3,14 @@
 implementations, fused within the tests' 2x rule, packed-input rows included; no timing is
 asserted), and the GPU check's report (gpu_report.py) and acceptance table (acceptance.py) on
 made-up logs and results."""
-import importlib
 import json
 import os
 import subprocess
 import sys
 
+from conftest import benchmark_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _benchmarks(name):
-    """benchmarks/<name>.py as a module (that folder is not a package)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
 
 
 def test_benchmark_script_reports_error_against_float64(tmp_path):
@@ -47,7 +39,7 @@ def test_benchmark_script_reports_error_against_float64(tmp_path):
 def test_gpu_report_reads_a_cut_off_test_log(tmp_path):
     """benchmarks/gpu_report.py, for a test stage killed before pytest wrote its junit report (a kernel
     that never returned): the outcomes come from the pytest -v log, with the test that was running."""
-    gpu_report = _benchmarks("gpu_report")
+    gpu_report = benchmark_script("gpu_report")
     (tmp_path / "tests_resident.log").write_text(
         "============================= test session starts ==============================\n"
         "tests/test_cuda.py::test_a[x] PASSED                                      [  1%]\n"
@@ -66,7 +58,7 @@ def test_gpu_report_sanitizer_summary_counts_configurations(tmp_path):
     """The sanitizer line of the GPU report: the tool's summary, and how many of gpu_sanitize.py's
     configurations finished and passed, so that a stage cut off half way, a mismatch against the CPU
     and a kernel other than the one a cluster case names each show in the report."""
-    gpu_report = _benchmarks("gpu_report")
+    gpu_report = benchmark_script("gpu_report")
     (tmp_path / "memcheck_resident.log").write_text(
         "regime=cluster  (ran resident_cluster         ) dtype=float32  H=201 tf32=off exchange=barrier  "
         "max rel. diff vs CPU 1.0e-07 ok\n"
@@ -85,7 +77,7 @@ def test_acceptance_table_judges_the_issue_rows():
     """benchmarks/acceptance.py on made-up GPU results: a row under its criterion's speedup is named,
     a sweep row the run lacks is counted, a run is judged only by the criteria of its own TF32 setting,
     a criterion no run covers says so, and the error rule reads benchmark.py's verdict."""
-    acceptance = _benchmarks("acceptance")
+    acceptance = benchmark_script("acceptance")
 
     def row(k, dtype, mode, speedup, within_2x=True):
         B, H, L, bidir, packed = k
@@ -120,7 +112,7 @@ def test_acceptance_table_judges_the_issue_rows():
 def test_acceptance_reads_the_generation_row():
     """acceptance.generation on a table as benchmarks/generation.py writes it: a row under 1.0x and a
     row whose capture failed fall short; another shape's table is not the issue's row."""
-    acceptance = _benchmarks("acceptance")
+    acceptance = benchmark_script("acceptance")
     head = ("# Generation row: 256 calls of T = 1, B = 1, I = H = 256, float32, NVIDIA H200, torch 2.11, "
             "cuDNN 91900, fused regime forced: auto\n\n"
             "| TF32 | mode | nn.RNN µs/step | fused µs/step | fused regime | speedup | max rel diff of final h |\n"

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 import fused_rnn
+from conftest import benchmark_script
 
 # An AVX (256-bit) register or an FMA / AVX2-only instruction.
 AVX2_INSTRUCTION = re.compile(r"\b(ymm\d+|vfn?m(add|sub)\w*|vbroadcast\w*|vperm\w*|vpbroadcast\w*)\b")
@@ -45,20 +46,8 @@ def test_baseline_cpu_build_has_no_avx2_instructions():
 
 
 def _sass_report():
-    """benchmarks/sass_report.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-    import os
-    import sys
-
-    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    sys.path.insert(0, bench)
-    try:
-        spec = importlib.util.spec_from_file_location("sass_report", os.path.join(bench, "sass_report.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(bench)
-    return module
+    """benchmarks/sass_report.py as a module."""
+    return benchmark_script("sass_report")
 
 
 @pytest.mark.skipif(not fused_rnn.cuda_available(), reason="built without the CUDA kernels (FUSED_RNN_CUDA=1)")

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import fused_rnn  # noqa: F401  (loads the library that registers the emulation ops)
+from conftest import benchmark_script
 
 emulation = torch.ops.fused_rnn_emulation
 
@@ -183,14 +184,7 @@ def test_sanitizer_script_reaches_every_cluster_shape():
     kernel and every cluster tiling of the tensor-core kernel (TF32; float16 and bfloat16 each), with
     both exchanges, and each names the kernel it must find running. A cluster shape added to a
     launcher without a sanitizer case fails here."""
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    try:
-        import gpu_sanitize
-    finally:
-        sys.path.pop(0)
+    gpu_sanitize = benchmark_script("gpu_sanitize")
 
     def ffma_shape(H):  # the FFMA launcher's shape for H, if a cluster (else None)
         p = emulation.resident_plan(H, 1, 2, H200_SMS)
