@@ -73,8 +73,9 @@ class Shape:
             (" bi" if self.bidir else "") + (" packed" if self.packed else "")
 
     def fwd_flop(self):
-        return sum(2 * self.steps() * self.D * ((self.I if l == 0 else self.D * self.H) * self.H
-                                                   + self.H * self.H) for l in range(self.L))
+        steps = self.steps()
+        return sum(2 * steps * self.D * ((self.I if l == 0 else self.D * self.H) * self.H + self.H * self.H)
+                   for l in range(self.L))
 
 
 S = Shape

@@ -96,8 +96,9 @@ def read_by_backward(input: Tensor, hx: Tensor, weights: Sequence[Tensor], num_l
     return read
 
 
-def dropout_mask(shape: Sequence[int], p: float, like: Tensor) -> Tensor:
-    """Inverted-dropout mask: 0 with probability p, else 1/(1-p) (all zeros for p == 1)."""
+def dropout_mask(shape: List[int], p: float, like: Tensor) -> Tensor:
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p) (all zeros for p == 1). Also compiled
+    by TorchScript, for the scripted forward (fused_rnn/scripting.py)."""
     if p >= 1:
         return like.new_zeros(shape)
     return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)

@@ -33,7 +33,7 @@ def zeros_hx(input, weights, batch_sizes, num_layers, bidirectional):
     if batch_sizes is None:
         batch = input.shape[1]
     else:
-        batch = batch_sizes[0] if torch.jit.is_tracing() else int(batch_sizes[0])
+        batch = batch_sizes[0] if _is_tracing() else int(batch_sizes[0])
     return input.new_zeros((num_layers * (2 if bidirectional else 1), batch, weights[1].shape[0]))
 
 

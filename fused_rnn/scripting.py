@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .functional import dropout_mask
+
 
 def prepare_scriptable(module: nn.Module) -> nn.Module:
     """fused_rnn.RNN.__prepare_scriptable__: lists the module's weights, as they are now, in the
@@ -73,12 +75,7 @@ class ScriptedForward:
                                    f"got {h0.size()}")
         mask: Optional[Tensor] = None
         if self.training and self.dropout > 0.0 and self.num_layers > 1:
-            shape = [self.num_layers - 1, x.size(0), B, D * self.hidden_size]
-            if self.dropout >= 1.0:
-                mask = torch.zeros(shape, dtype=x.dtype, device=x.device)
-            else:
-                keep = 1.0 - self.dropout
-                mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+            mask = dropout_mask([self.num_layers - 1, x.size(0), B, D * self.hidden_size], self.dropout, x)
         out, hy, _ = torch.ops.fused_rnn.rnn_forward(x, h0, self._script_weights, None, mask, self.num_layers,
                                                      self.bidirectional, self.mode != "RNN_TANH", self.bias)
         if self.batch_first:
