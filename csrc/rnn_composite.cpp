@@ -4,6 +4,7 @@
 #include "rnn_composite.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>  // at::AutoGradMode: not reached through ATen.h before torch 2.14
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/autograd.h>
 

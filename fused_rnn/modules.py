@@ -251,7 +251,7 @@ class RNN(ScriptedForward, nn.Module):
                             weights: List[Tensor]) -> None:
         """nn.RNN's checks, with its exception types and messages (hx None: the zeros made later fit).
         The weights' devices are checked only once the op has refused the call (_raise_as_nn_rnn)."""
-        if self.bidirectional.__class__ is not bool:
+        if not isinstance(self.bidirectional, bool):  # bool has no subclasses; dynamo 2.11 misreads .__class__
             # nn.RNN's _VF call refuses a non-bool at forward (a TypeError listing its signatures)
             raise TypeError(f"bidirectional should be of type bool, got: {type(self.bidirectional).__name__}")
         w0 = weights[0]
