@@ -74,9 +74,18 @@ stage() {
   return 0
 }
 
-# 1. build for this GPU only
-stage build 300 "TORCH_CUDA_ARCH_LIST=${CAP:-unset}, MAX_JOBS=$(nproc)" \
-  env TORCH_CUDA_ARCH_LIST="${CAP:-9.0}" MAX_JOBS="$(nproc)" FUSED_RNN_CUDA=1 "$PY" setup.py build_ext --inplace
+# 1. build for this GPU only, unless GPU_CHECK_PREBUILT names an extension built off the card for it
+#    (same commit, the card's torch and Python, TORCH_CUDA_ARCH_LIST=9.0; benchmarks/README.md "GPU
+#    check") that imports with CUDA: the device's minutes are then not spent compiling
+if [ -n "${GPU_CHECK_PREBUILT:-}" ] && "$PY" -c "import sys, torch, fused_rnn
+sys.exit(0 if torch.cuda.is_available() and fused_rnn.cuda_available() else 1)" > "$WORK/build.log" 2>&1; then
+  printf 'build\t0\t0\tprebuilt, not compiled here: %s\n' "$GPU_CHECK_PREBUILT" >> "$WORK/stages.tsv"
+  echo "== build: prebuilt ($GPU_CHECK_PREBUILT)"
+else
+  [ -n "${GPU_CHECK_PREBUILT:-}" ] && echo "== the prebuilt extension did not import with CUDA; building" && cat "$WORK/build.log"
+  stage build 300 "TORCH_CUDA_ARCH_LIST=${CAP:-unset}, MAX_JOBS=$(nproc)" \
+    env TORCH_CUDA_ARCH_LIST="${CAP:-9.0}" MAX_JOBS="$(nproc)" FUSED_RNN_CUDA=1 "$PY" setup.py build_ext --inplace
+fi
 stage import 60 "fused_rnn.cuda_available()" \
   "$PY" -c "import fused_rnn, torch; assert fused_rnn.cuda_available(), 'built without CUDA'; print(torch.cuda.get_device_name())"
 
