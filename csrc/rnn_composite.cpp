@@ -4,7 +4,7 @@
 #include "rnn_composite.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>  // at::AutoGradMode: not reached through ATen.h before torch 2.14
+#include <ATen/core/grad_mode.h>  // at::AutoGradMode: torch 2.11's ATen.h does not reach it (2.14's does)
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/autograd.h>
 
