@@ -10,7 +10,6 @@
 
 #include <c10/util/SmallVector.h>
 
-#include <array>
 #include <string>
 #include <vector>
 
@@ -122,22 +121,8 @@ c10::SmallVector<bool, 32> read_by_backward(const Tensor& input, const Tensor& h
 }
 
 // The saved_data key of argument i (input 0, hx 1, weights 2...) kept outside save_for_backward ("u"),
-// or of the probe of its version counter ("p"); built once (the forward runs on every call).
-const std::string& unread_key(char kind, size_t i) {
-  static constexpr size_t kKeys = 1024;
-  static const std::array<std::vector<std::string>, 2> keys = [] {
-    std::array<std::vector<std::string>, 2> k;
-    for (size_t j = 0; j < kKeys; ++j) {
-      k[0].push_back("u" + std::to_string(j));
-      k[1].push_back("p" + std::to_string(j));
-    }
-    return k;
-  }();
-  thread_local std::string beyond;  // more than 1024 arguments: 255 layers, bidirectional
-  if (i < kKeys) return keys[kind == 'p'][i];
-  beyond = std::string(1, kind) + std::to_string(i);
-  return beyond;
-}
+// or of the probe of its version counter ("p"). Short enough for std::string's inline buffer.
+std::string unread_key(char kind, size_t i) { return kind + std::to_string(i); }
 
 }  // namespace
 
