@@ -3,14 +3,14 @@
     python benchmarks/acceptance.py RESULTS_DIR [RESULTS_DIR ...]     (each holds a results.json)
 
 gpu_report.py puts the same table in the GPU check's results file. Each criterion is a set of rows of
-the GPU quick sweep (benchmark.py CUDA_QUICK: T = 128, I = H, B in {1, 8, 64, 256}, H in {64, 256,
-512, 1024, 2048}, a 2-layer bidirectional H = 256 row and a packed-input row, both B = 64, which the
-"H <= 256, B <= 64" criteria count too), a dtype, the TF32
-setting the run had, the modes, and the speedup over nn.RNN (cuDNN) each row must reach; the
-error rows ask benchmark.py's own verdict on the tests' rule (fused error against float64 at most
-2x nn.RNN's). For every run that has rows of a criterion it gives the rows met, the sweep rows the
-run lacks, and the rows that fall short. It reads results only; it judges nothing that was not
-measured (a criterion no run covers says so).
+the GPU quick sweep (sweep() below, which benchmark.py runs as CUDA_QUICK: T = 128, I = H, B in {1, 8,
+64, 256}, H in {64, 256, 512, 1024, 2048}, a 2-layer bidirectional H = 256 row and a packed-input row,
+both B = 64, which the "H <= 256, B <= 64" criteria count too), a dtype, the TF32 setting the run had,
+the modes, and the speedup over nn.RNN (cuDNN) each row must reach; the error rows ask benchmark.py's
+own verdict on the tests' rule (fused error against float64 at most 2x nn.RNN's). For every run that
+has rows of a criterion it gives the rows met, the sweep rows the run lacks, and the rows that fall
+short. It reads results only; it judges nothing that was not measured (a criterion no run covers says
+so).
 
 Sources: issue 11 (float32: every row >= 1.0x with TF32 off and on; H <= 256, B <= 64: fwd >= 2x
 TF32 off, >= 1.5x on; H 512-1024, B <= 64: fwd >= 2x, fwd+bwd >= 1.5x, both TF32 settings) and

@@ -34,6 +34,8 @@ import torch.nn as nn
 
 import fused_rnn
 
+import acceptance  # benchmarks/acceptance.py (this script's folder is on sys.path when run as a script)
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Max |fused - nn.RNN| / max(1, max |nn.RNN|) above which a row is flagged. Loose enough for a
@@ -84,11 +86,11 @@ CPU_QUICK = [S(3, 4, 10, 20), S(1, 1000, 10, 20), S(32, 128, 64, 128), S(16, 128
              S(16, 512, 128, 256), S(64, 256, 256, 512)]
 CPU_FULL = CPU_QUICK + [S(1, 100, 32, 64), S(8, 256, 32, 64), S(1, 512, 128, 128), S(128, 64, 64, 128),
                         S(4, 256, 128, 256, 3), S(1, 128, 512, 1024), S(32, 64, 1024, 1024)]
-# The GPU quick sweep of the GPU issues' acceptance rows: B in {1, 8, 64, 256} x H in {64, 256, 512,
-# 1024, 2048} at T = 128, I = H, then a 2-layer bidirectional H = 256 row and a packed-input row.
-CUDA_QUICK = ([S(B, 128, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
-              + [S(64, 128, 256, 256, 2, True), S(64, 128, 256, 256, packed=True)])
-CUDA_FULL = CUDA_QUICK + [S(B, 1024, H, H) for H in (64, 256, 512, 1024, 2048) for B in (1, 8, 64, 256)]
+# The GPU quick sweep is the GPU issues' acceptance sweep, defined once in acceptance.py: B in {1, 8,
+# 64, 256} x H in {64, 256, 512, 1024, 2048} at T = 128, I = H, then a 2-layer bidirectional H = 256
+# row and a packed-input row. The full sweep adds the same B x H at T = 1024.
+CUDA_QUICK = [S(B, acceptance.T, H, H, L, bidir, packed) for B, H, L, bidir, packed in acceptance.sweep()]
+CUDA_FULL = CUDA_QUICK + [S(B, 1024, H, H) for H in acceptance.SWEEP_H for B in acceptance.SWEEP_B]
 
 
 def parse_shapes(text):
