@@ -24,8 +24,8 @@ STATIC_SMEM_LIMIT = 48 * 1024  # bytes of __shared__ a block may declare statica
 
 
 def max_threads():
-    """recurrence_kernel's __launch_bounds__: kMaxThreads in recurrence_kernel.cuh, read from there."""
-    with open(os.path.join(ROOT, "csrc", "cuda", "recurrence_kernel.cuh")) as f:
+    """recurrence_kernel's __launch_bounds__: kMaxThreads in recurrence_plan.h, read from there."""
+    with open(os.path.join(ROOT, "csrc", "cuda", "recurrence_plan.h")) as f:
         return int(re.search(r"constexpr int kMaxThreads = (\d+);", f.read()).group(1))
 
 
@@ -134,8 +134,8 @@ def violations(k, threads):
 
 
 def mode_names():
-    """The kernel's Mode enumerators in order, read from recurrence_kernel.cuh."""
-    with open(os.path.join(ROOT, "csrc", "cuda", "recurrence_kernel.cuh")) as f:
+    """The kernel's Mode enumerators in order, read from recurrence_plan.h."""
+    with open(os.path.join(ROOT, "csrc", "cuda", "recurrence_plan.h")) as f:
         return [m.strip() for m in re.search(r"enum class Mode \{([^}]*)\}", f.read()).group(1).split(",")]
 
 

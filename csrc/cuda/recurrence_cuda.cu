@@ -58,7 +58,7 @@ void check_buffers(std::initializer_list<const at::Tensor*> ts, const at::Tensor
 // (torch.backends.cudnn.allow_tf32, nn.RNN's rule); the FFMA kernel for float32 otherwise. False
 // (nothing launched) where they do not apply.
 bool launch_resident_regime(const cuda::RecParams& p, at::ScalarType st, cudaStream_t stream) {
-  const cuda::DeviceInfo dev = cuda::device_info();
+  const cuda::DeviceAttributes dev = cuda::device_info();
   const bool clusters = dev.major >= 9;
   const bool tf32 = st == at::kFloat && rnn_allows_tf32();
   if ((st == at::kHalf || st == at::kBFloat16 || tf32) && cuda::launch_resident_mma(p, st, clusters, stream)) {

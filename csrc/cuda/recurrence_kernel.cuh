@@ -24,11 +24,14 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#ifndef FUSED_RNN_CUDA_ON_CPU  // the kernel's CPU execution for tests supplies these (cuda_on_cpu.h)
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "cuda/activation.cuh"
 #include "cuda/rec_params.h"
+#include "cuda/recurrence_plan.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -37,24 +40,9 @@
 namespace fused_rnn {
 namespace cuda {
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same<T, double>::value, double, float>;
-
-// How one launch splits the work: C CTAs of J units per batch group, NBG batch groups that take
-// the tiles g, g + NBG, ...; directions d0 .. d0 + gridDim.y - 1; processing steps [s0, s1)
-// (s == T is the BPTT's final dh0 = δ_first·W_hh pass); KT = k-tile of the staged v.
-struct Launch {
-  int J, C, NBG, KT, d0;
-  int64_t s0, s1;
-};
-
-enum class Mode { Single, Grid, Step };
-
-constexpr int kMaxThreads = 512;
+// Launch, Mode, kMaxThreads and the shared-memory layout's size: recurrence_plan.h.
 constexpr int kPrefetch = 4;  // epilogue items per thread whose inputs are loaded before the mat-vec
 
-__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-__host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~size_t(15); }
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
@@ -78,14 +66,6 @@ __device__ __forceinline__ void load_row(const A* p, A (&v)[BT]) {
 #pragma unroll
     for (int i = 0; i < BT; ++i) v[i] = p[i];
   }
-}
-
-// Shared memory: [W slice: H x J of T, Single/Grid only] [v: KT x BT acc] [partials: KS x BT x J acc].
-template <typename T>
-size_t smem_bytes(Mode m, int64_t H, int64_t J, int64_t KT, int BT, int threads) {
-  using acc_t = acc_type<T>;
-  const size_t w = m == Mode::Step ? 0 : align16(size_t(H) * J * sizeof(T));
-  return w + align16(size_t(KT) * BT * sizeof(acc_t)) + size_t(threads) * BT * sizeof(acc_t);
 }
 
 // What one CTA works on for all its steps: direction d, units j0 .. j0 + J - 1; thread
@@ -128,6 +108,7 @@ __device__ __forceinline__ Cta<T, BT> make_cta(const RecParams& p, const Launch&
   c.kb_full = c.my_ks * c.KT / c.KS;
   c.ke_full = (c.my_ks + 1) * c.KT / c.KS;
 
+  // Shared memory [ws | vs | part], as smem_bytes (recurrence_plan.h) sizes it.
   c.ws = reinterpret_cast<T*>(smem);
   const size_t w_bytes = M == Mode::Step ? 0 : align16(size_t(c.H) * c.J * sizeof(T));
   c.vs = reinterpret_cast<acc_t*>(smem + w_bytes);
