@@ -1,4 +1,5 @@
-// The runtime of cuda_on_cpu.h: CUDA threads as fibers (ucontext) on the calling OS thread, barriers.
+// The runtime of cuda_on_cpu.h: CUDA threads as fibers (ucontext) on the calling OS thread, their
+// barriers (CTA, warp, cluster, grid), deferred cp.async copies and distributed shared memory.
 #include "cuda_on_cpu.h"
 
 #include <ucontext.h>
@@ -19,37 +20,75 @@ constexpr size_t kStackBytes = 32 * 1024;  // per fiber; the kernels' frames tak
 constexpr size_t kStackCanary = 1024;      // bytes at the stack's far end that must stay untouched
 constexpr unsigned char kCanary = 0xA5;
 constexpr unsigned char kSmemFill = 0xFF;  // a NaN in float, double, half and bfloat16
+constexpr unsigned kWarp = 32;
+
+// Where a thread waits: a barrier of its CTA, its warp (a shuffle), its cluster or the grid.
+enum class Scope { Block, Warp, Cluster, Grid };
+
+struct CopyAsync {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
 
 struct Fiber {
-  enum State { Ready, AtBarrier, Exited } state = Ready;
+  enum State { Ready, Waiting, Exited } state = Ready;
   ucontext_t context;
   std::unique_ptr<unsigned char[]> stack;
   Dim3 idx;
-  const char* file = nullptr;  // the barrier it waits at
+  Scope scope = Scope::Block;  // where it waits
+  const char* file = nullptr;
   int line = 0;
-  bool grid = false;
+  std::vector<CopyAsync> open_group;                 // cp.async copies not yet committed
+  std::vector<std::vector<CopyAsync>> groups;        // committed, not yet complete (oldest first)
 };
+
+const char* scope_name(Scope s) {
+  switch (s) {
+    case Scope::Block: return "__syncthreads()";
+    case Scope::Warp: return "a warp shuffle";
+    case Scope::Cluster: return "cluster.sync()";
+    case Scope::Grid: return "grid.sync()";
+  }
+  return "";
+}
+
+std::string where(const Fiber& f) { return std::string(scope_name(f.scope)) + " at " + f.file + ":" + std::to_string(f.line); }
+bool same_place(const Fiber& a, const Fiber& b) {
+  return a.scope == b.scope && a.line == b.line && std::strcmp(a.file, b.file) == 0;
+}
 
 std::string cta_name(const Dim3& b) {
   return "CTA (" + std::to_string(b.x) + ", " + std::to_string(b.y) + ", " + std::to_string(b.z) + ")";
 }
 
-std::string where(const Fiber& f) {
-  return std::string(f.grid ? "grid.sync() at " : "__syncthreads() at ") + f.file + ":" + std::to_string(f.line);
-}
-
 class Cta;
-thread_local Cta* current_cta = nullptr;  // the CTA whose fiber runs on this OS thread
 
-// One CTA: its threads as fibers, run by resume() from one grid barrier (or the start) to the next
-// (or the end).
+// What the fibers of a launch reach through the CUDA built-ins.
+struct LaunchState {
+  const LaunchConfig* config;
+  SharedMemory smem;
+  std::vector<Dim3> idx;                            // CTA i's blockIdx
+  std::vector<std::vector<unsigned char>> saved;    // co-scheduled launches: each CTA's shared memory
+  size_t running = 0;                               // the CTA whose shared memory is smem.base()
+  Cta* cta = nullptr;                               // the CTA whose fiber runs
+  // warp shuffles: two sets of 32 words per warp, taken in turn by a lane's successive shuffles
+  std::vector<uint32_t> shfl;
+  std::string error;  // a rule a thread broke (found inside the fiber, thrown by the scheduler)
+};
+thread_local LaunchState* current = nullptr;  // the launch running on this OS thread
+
+// One CTA: its threads as fibers, run by resume() until every thread has exited or waits at a
+// barrier wider than the CTA (cluster or grid).
 class Cta {
  public:
   Cta(const LaunchConfig& config, const std::function<void()>& kernel, Dim3 idx, uint64_t seed)
-      : config_(config), kernel_(kernel), idx_(idx), rng_(seed ^ (uint64_t(idx.x) << 20) ^ (uint64_t(idx.y) << 40) ^ idx.z) {
+      : config_(config), kernel_(kernel), idx_(idx),
+        rng_(seed ^ (uint64_t(idx.x) << 20) ^ (uint64_t(idx.y) << 40) ^ uint64_t(idx.z)) {
     const Dim3 bd = config.block;
     const size_t n = size_t(bd.x) * bd.y * bd.z;
     fibers_.resize(n);
+    shfl_turn_.assign(n, 0);
     for (size_t i = 0; i < n; ++i) {
       Fiber& f = fibers_[i];
       f.idx = Dim3{unsigned(i % bd.x), unsigned(i / bd.x % bd.y), unsigned(i / (size_t(bd.x) * bd.y))};
@@ -66,30 +105,39 @@ class Cta {
   const Dim3& idx() const { return idx_; }
   const LaunchConfig& config() const { return config_; }
   Fiber& fiber() { return fibers_[running_]; }
+  size_t thread() const { return running_; }
   ucontext_t* scheduler() { return &scheduler_; }
-  bool exited() const { return waiting_ == nullptr; }
-  // The grid barrier every thread waits at (after resume() returned with the CTA not exited).
+  bool exited() const { return done_; }
+  // The barrier every thread waits at, after resume() returned with the CTA not exited.
   const Fiber& waiting() const { return *waiting_; }
+  uint32_t& shfl_turn(size_t thread) { return shfl_turn_[thread]; }
 
-  // Runs the threads through the CTA's barriers until every thread has exited or waits at a grid
-  // barrier. Throws where the threads break a rule (cuda_on_cpu.h).
   void resume(Order order) {
     const size_t n = fibers_.size();
     std::vector<size_t> perm(n);
     std::iota(perm.begin(), perm.end(), size_t(0));
     if (order == Order::Descending) std::reverse(perm.begin(), perm.end());
     for (Fiber& f : fibers_) {
-      if (f.state == Fiber::AtBarrier) f.state = Fiber::Ready;
+      if (f.state == Fiber::Waiting) f.state = Fiber::Ready;
     }
-    current_cta = this;
     for (;;) {
       if (order == Order::Shuffled) std::shuffle(perm.begin(), perm.end(), rng_);
       for (size_t i : perm) {
         if (fibers_[i].state != Fiber::Ready) continue;
         running_ = i;
         swapcontext(&scheduler_, &fibers_[i].context);
+        if (!current->error.empty()) fail(current->error);
       }
-      // Every thread now waits at a barrier or has exited.
+      // Every thread now waits or has exited.
+      for (const Fiber& f : fibers_) {
+        if (!std::all_of(f.stack.get(), f.stack.get() + kStackCanary, [](unsigned char c) { return c == kCanary; })) {
+          fail("a thread's stack overflowed");
+        }
+        if (f.state == Fiber::Exited && (!f.open_group.empty() || !f.groups.empty())) {
+          fail("a thread exited with cp.async copies it never waited for");
+        }
+      }
+      if (release_warps()) continue;
       waiting_ = nullptr;
       size_t exited = 0;
       for (const Fiber& f : fibers_) {
@@ -97,35 +145,54 @@ class Cta {
           ++exited;
         } else if (waiting_ == nullptr) {
           waiting_ = &f;
-        } else if (f.grid != waiting_->grid || f.line != waiting_->line || std::strcmp(f.file, waiting_->file) != 0) {
+        } else if (!same_place(f, *waiting_)) {
           fail("divergent barriers: threads wait at " + where(*waiting_) + " and at " + where(f));
         }
       }
-      for (const Fiber& f : fibers_) {
-        if (!std::all_of(f.stack.get(), f.stack.get() + kStackCanary, [](unsigned char c) { return c == kCanary; })) {
-          fail("a thread's stack overflowed");
-        }
+      if (waiting_ == nullptr) {  // every thread has exited
+        done_ = true;
+        return;
       }
-      if (waiting_ == nullptr) break;  // every thread has exited
       if (exited > 0) {
         fail(std::to_string(n - exited) + " threads wait at " + where(*waiting_) + ", which " + std::to_string(exited) +
              " exited threads never reach");
       }
-      if (waiting_->grid) break;
+      if (waiting_->scope != Scope::Block) return;  // a barrier beyond the CTA: the launch decides
       for (Fiber& f : fibers_) f.state = Fiber::Ready;
     }
-    current_cta = nullptr;
   }
 
-  [[noreturn]] void fail(const std::string& what) const {
-    current_cta = nullptr;
-    throw std::runtime_error(cta_name(idx_) + ": " + what);
-  }
+  [[noreturn]] void fail(const std::string& what) const { throw std::runtime_error(cta_name(idx_) + ": " + what); }
 
  private:
+  // Releases the warps whose 32 threads all wait at the same shuffle; true if any. A warp some of
+  // whose threads wait at a shuffle while others have exited or wait elsewhere can never go on.
+  bool release_warps() {
+    bool released = false;
+    for (size_t w0 = 0; w0 < fibers_.size(); w0 += kWarp) {
+      const size_t w1 = std::min(fibers_.size(), w0 + kWarp);
+      const Fiber* shuffling = nullptr;
+      for (size_t i = w0; i < w1; ++i) {
+        if (fibers_[i].state == Fiber::Waiting && fibers_[i].scope == Scope::Warp) shuffling = &fibers_[i];
+      }
+      if (shuffling == nullptr) continue;
+      for (size_t i = w0; i < w1; ++i) {
+        const Fiber& f = fibers_[i];
+        if (f.state == Fiber::Exited || !same_place(f, *shuffling)) {
+          fail("thread " + std::to_string(i) + " " + (f.state == Fiber::Exited ? "has exited" : "waits at " + where(f)) +
+               " while its warp's lanes wait at " + where(*shuffling));
+        }
+      }
+      if (w1 - w0 != kWarp) fail("a warp shuffle in a partial warp");
+      for (size_t i = w0; i < w1; ++i) fibers_[i].state = Fiber::Ready;
+      released = true;
+    }
+    return released;
+  }
+
   static void fiber_main() {
-    current_cta->kernel_();
-    current_cta->fiber().state = Fiber::Exited;
+    current->cta->kernel_();
+    current->cta->fiber().state = Fiber::Exited;
     // returning resumes uc_link: the scheduler
   }
 
@@ -134,23 +201,39 @@ class Cta {
   Dim3 idx_;
   std::mt19937_64 rng_;
   std::vector<Fiber> fibers_;
+  std::vector<uint32_t> shfl_turn_;
   ucontext_t scheduler_;
   size_t running_ = 0;
   const Fiber* waiting_ = nullptr;
+  bool done_ = false;
 };
 
-Fiber& current_fiber() {
-  if (current_cta == nullptr) throw std::logic_error("cuda_on_cpu: a CUDA built-in used outside a launch");
-  return current_cta->fiber();
+LaunchState& launch_state() {
+  if (current == nullptr || current->cta == nullptr) {
+    throw std::logic_error("cuda_on_cpu: a CUDA built-in used outside a launch");
+  }
+  return *current;
 }
 
-void wait_at_barrier(const char* file, int line, bool grid) {
+Fiber& current_fiber() { return launch_state().cta->fiber(); }
+
+// A rule broken inside a thread: the thread stops for good and the scheduler throws.
+[[noreturn]] void fiber_fail(const std::string& what) {
+  LaunchState& st = launch_state();
+  st.error = what;
   Fiber& f = current_fiber();
-  f.state = Fiber::AtBarrier;
+  f.state = Fiber::Waiting;
+  swapcontext(&f.context, st.cta->scheduler());
+  __builtin_unreachable();  // never resumed
+}
+
+void wait_at(Scope scope, const char* file, int line) {
+  Fiber& f = current_fiber();
+  f.state = Fiber::Waiting;
+  f.scope = scope;
   f.file = file;
   f.line = line;
-  f.grid = grid;
-  swapcontext(&f.context, current_cta->scheduler());
+  swapcontext(&f.context, current->cta->scheduler());
 }
 
 void check_smem_tail(const Cta& cta, const unsigned char* shared, SharedMemory smem) {
@@ -162,89 +245,173 @@ void check_smem_tail(const Cta& cta, const unsigned char* shared, SharedMemory s
   }
 }
 
+const std::vector<size_t>& ordered(std::vector<size_t>& v, Order order, std::mt19937_64& rng) {
+  if (order == Order::Descending) std::reverse(v.begin(), v.end());
+  if (order == Order::Shuffled) std::shuffle(v.begin(), v.end(), rng);
+  return v;
+}
+
+// Runs a co-scheduled launch (cooperative, or in clusters): every CTA in turn, its shared memory
+// swapped in, until it waits at a cluster or grid barrier or exits; then every such barrier whose
+// CTAs all wait at it is released, until every CTA has exited.
+void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Order order, uint64_t seed) {
+  const LaunchConfig& config = *st.config;
+  const size_t n = st.idx.size();
+  std::vector<std::unique_ptr<Cta>> ctas;
+  for (size_t i = 0; i < n; ++i) ctas.emplace_back(new Cta(config, kernel, st.idx[i], seed));
+  st.saved.assign(n, std::vector<unsigned char>(st.smem.capacity, kSmemFill));
+  unsigned char* shared = st.smem.base();
+  std::mt19937_64 rng(seed);
+  std::vector<size_t> turn(n);
+  for (;;) {
+    std::iota(turn.begin(), turn.end(), size_t(0));
+    for (size_t i : ordered(turn, order, rng)) {
+      if (ctas[i]->exited()) continue;
+      std::memcpy(shared, st.saved[i].data(), st.smem.capacity);
+      st.running = i;
+      st.cta = ctas[i].get();
+      ctas[i]->resume(order);
+      st.cta = nullptr;
+      check_smem_tail(*ctas[i], shared, st.smem);
+      std::memcpy(st.saved[i].data(), shared, st.smem.capacity);
+    }
+    // Each group of CTAs that a barrier joins (the cluster, or the grid) waits at one place.
+    bool any_waiting = false;
+    const size_t group = config.cooperative ? n : config.cluster;
+    for (size_t g0 = 0; g0 < n; g0 += group) {
+      const Cta* waiting = nullptr;
+      const Cta* exited = nullptr;
+      for (size_t i = g0; i < g0 + group; ++i) {
+        const Cta& c = *ctas[i];
+        if (c.exited()) {
+          exited = &c;
+        } else if (waiting == nullptr) {
+          waiting = &c;
+        } else if (!same_place(c.waiting(), waiting->waiting())) {
+          c.fail("waits at " + where(c.waiting()) + " while " + cta_name(waiting->idx()) + " waits at " +
+                 where(waiting->waiting()));
+        }
+      }
+      if (waiting == nullptr) continue;
+      any_waiting = true;
+      const Scope scope = waiting->waiting().scope;
+      if (scope == Scope::Grid && !config.cooperative) waiting->fail(where(waiting->waiting()) + " in a launch that is not cooperative");
+      if (scope == Scope::Cluster && config.cluster == 1) waiting->fail(where(waiting->waiting()) + " in a launch without clusters");
+      if (exited != nullptr) {
+        waiting->fail(where(waiting->waiting()) + " never completes: " + cta_name(exited->idx()) + " has exited");
+      }
+    }
+    if (!any_waiting) return;
+  }
+}
+
 }  // namespace
 
 const Dim3& thread_idx() { return current_fiber().idx; }
-const Dim3& block_idx() {
-  current_fiber();
-  return current_cta->idx();
+const Dim3& block_idx() { return launch_state().cta->idx(); }
+const Dim3& block_dim() { return launch_state().config->block; }
+const Dim3& grid_dim() { return launch_state().config->grid; }
+void block_barrier(const char* file, int line) { wait_at(Scope::Block, file, line); }
+void grid_barrier(const char* file, int line) { wait_at(Scope::Grid, file, line); }
+void cluster_barrier(const char* file, int line) { wait_at(Scope::Cluster, file, line); }
+
+uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, const char* file, int line) {
+  LaunchState& st = launch_state();
+  Cta& cta = *st.cta;
+  if (mask != 0xffffffffu) fiber_fail("a warp shuffle with a partial mask");
+  if (lane_mask < 0 || lane_mask >= int(kWarp)) fiber_fail("a shuffle lane mask out of range");
+  const size_t t = cta.thread(), lane = t % kWarp, warp = t / kWarp;
+  uint32_t& turn = cta.shfl_turn(t);
+  uint32_t* words = st.shfl.data() + 2 * kWarp * warp + kWarp * (turn & 1);  // this shuffle's set
+  ++turn;
+  words[lane] = value;
+  wait_at(Scope::Warp, file, line);  // every lane has written its word
+  return words[lane ^ size_t(lane_mask)];
 }
-const Dim3& block_dim() {
-  current_fiber();
-  return current_cta->config().block;
+
+void copy_async(void* dst, const void* src, size_t bytes) { current_fiber().open_group.push_back({dst, src, bytes}); }
+void commit_group() {
+  Fiber& f = current_fiber();
+  f.groups.push_back(std::move(f.open_group));
+  f.open_group.clear();
 }
-const Dim3& grid_dim() {
-  current_fiber();
-  return current_cta->config().grid;
+void wait_group(int n) {
+  Fiber& f = current_fiber();
+  while (f.groups.size() > size_t(std::max(n, 0))) {
+    for (const CopyAsync& c : f.groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    f.groups.erase(f.groups.begin());
+  }
 }
-void block_barrier(const char* file, int line) { wait_at_barrier(file, line, false); }
-void grid_barrier(const char* file, int line) { wait_at_barrier(file, line, true); }
+
+void trap(const char* file, int line) { fiber_fail(std::string("__trap() at ") + file + ":" + std::to_string(line)); }
+
+unsigned cluster_rank() {
+  LaunchState& st = launch_state();
+  return st.cta->idx().x % st.config->cluster;
+}
+
+void store_in_cluster_cta(void* local, const void* value, size_t bytes, unsigned rank) {
+  LaunchState& st = launch_state();
+  const Cta& cta = *st.cta;
+  const unsigned c = st.config->cluster;
+  if (rank >= c) fiber_fail("a distributed shared-memory store to rank " + std::to_string(rank) + " of a cluster of " + std::to_string(c));
+  const ptrdiff_t offset = static_cast<unsigned char*>(local) - st.smem.base();
+  if (offset < 0 || size_t(offset) + bytes > st.config->smem_bytes) {
+    fiber_fail("a distributed shared-memory store outside the launch's shared memory");
+  }
+  if (c == 1 || st.saved.empty()) {
+    std::memcpy(local, value, bytes);
+    return;
+  }
+  const size_t peer = st.running - cta.idx().x % c + rank;  // CTAs of a cluster: consecutive x
+  unsigned char* base = peer == st.running ? st.smem.base() : st.saved[peer].data();
+  std::memcpy(base + offset, value, bytes);
+}
 
 void launch(const LaunchConfig& config, const std::function<void()>& kernel, SharedMemory smem, Order order,
             uint64_t seed) {
   const Dim3 g = config.grid, b = config.block;
   const size_t nctas = size_t(g.x) * g.y * g.z, threads = size_t(b.x) * b.y * b.z;
-  if (nctas == 0 || threads == 0 || threads > 1024) {
+  if (nctas == 0 || threads == 0 || threads > 1024 || config.cluster == 0 || g.x % config.cluster != 0 ||
+      (config.cluster > 1 && config.cooperative)) {
     throw std::runtime_error("cuda_on_cpu: invalid launch: " + std::to_string(nctas) + " CTAs of " +
-                             std::to_string(threads) + " threads");
+                             std::to_string(threads) + " threads, clusters of " + std::to_string(config.cluster));
   }
   if (config.smem_bytes > smem.capacity) {
     throw std::runtime_error("cuda_on_cpu: the launch asks for " + std::to_string(config.smem_bytes) +
                              " bytes of shared memory, more than the emulation's " + std::to_string(smem.capacity));
   }
-  std::vector<Dim3> idx;
+  if (current != nullptr) throw std::logic_error("cuda_on_cpu: a launch inside a launch");
+  LaunchState st;
+  st.config = &config;
+  st.smem = smem;
+  st.shfl.assign(2 * (threads + kWarp), 0);
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
-      for (unsigned x = 0; x < g.x; ++x) idx.push_back(Dim3{x, y, z});
-  std::mt19937_64 rng(seed);
-  auto ordered = [&](std::vector<size_t> v) {
-    if (order == Order::Descending) std::reverse(v.begin(), v.end());
-    if (order == Order::Shuffled) std::shuffle(v.begin(), v.end(), rng);
-    return v;
-  };
-  std::vector<size_t> all(nctas);
-  std::iota(all.begin(), all.end(), size_t(0));
-  unsigned char* shared = smem.base();
+      for (unsigned x = 0; x < g.x; ++x) st.idx.push_back(Dim3{x, y, z});
+  struct Current {
+    explicit Current(LaunchState* s) { current = s; }
+    ~Current() { current = nullptr; }
+  } running(&st);
 
-  if (!config.cooperative) {  // CTAs one after another, in the launch's order
-    for (size_t i : ordered(all)) {
-      Cta cta(config, kernel, idx[i], seed);
-      std::memset(shared, kSmemFill, smem.capacity);
-      cta.resume(order);
-      if (!cta.exited()) cta.fail(where(cta.waiting()) + " in a launch that is not cooperative");
-      check_smem_tail(cta, shared, smem);
-    }
+  if (config.cooperative || config.cluster > 1) {
+    run_co_scheduled(st, kernel, order, seed);
     return;
   }
-  // Cooperative: every CTA runs to the next grid barrier, in turn, with its own shared memory
-  // swapped in, until all have exited.
-  std::vector<std::unique_ptr<Cta>> ctas;
-  std::vector<std::vector<unsigned char>> saved(nctas, std::vector<unsigned char>(smem.capacity, kSmemFill));
-  for (size_t i = 0; i < nctas; ++i) ctas.emplace_back(new Cta(config, kernel, idx[i], seed));
-  for (;;) {
-    for (size_t i : ordered(all)) {
-      std::memcpy(shared, saved[i].data(), smem.capacity);
-      ctas[i]->resume(order);
-      check_smem_tail(*ctas[i], shared, smem);
-      std::memcpy(saved[i].data(), shared, smem.capacity);
-    }
-    const Cta* at_barrier = nullptr;
-    const Cta* exited = nullptr;
-    for (const auto& c : ctas) {
-      if (c->exited()) {
-        exited = c.get();
-      } else if (at_barrier == nullptr) {
-        at_barrier = c.get();
-      } else if (c->waiting().line != at_barrier->waiting().line ||
-                 std::strcmp(c->waiting().file, at_barrier->waiting().file) != 0) {
-        c->fail("divergent grid barriers: at " + where(c->waiting()) + " while " + cta_name(at_barrier->idx()) +
-                " waits at " + where(at_barrier->waiting()));
-      }
-    }
-    if (at_barrier == nullptr) return;  // every CTA has exited
-    if (exited != nullptr) {
-      at_barrier->fail(where(at_barrier->waiting()) + " never completes: " + cta_name(exited->idx()) + " has exited");
-    }
+  // CTAs one after another, in the launch's order.
+  std::mt19937_64 rng(seed);
+  std::vector<size_t> turn(nctas);
+  std::iota(turn.begin(), turn.end(), size_t(0));
+  unsigned char* shared = smem.base();
+  for (size_t i : ordered(turn, order, rng)) {
+    Cta cta(config, kernel, st.idx[i], seed);
+    std::memset(shared, kSmemFill, smem.capacity);
+    st.running = i;
+    st.cta = &cta;
+    cta.resume(order);
+    st.cta = nullptr;
+    if (!cta.exited()) cta.fail(where(cta.waiting()) + " in a launch that is not cooperative");
+    check_smem_tail(cta, shared, smem);
   }
 }
 

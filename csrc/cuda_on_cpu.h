@@ -22,8 +22,13 @@
 //     NaN in every floating-point type, before each CTA, so a read of shared memory that no thread
 //     wrote shows up in the result too), a fiber's stack overflowing;
 //   - a grid barrier in a launch that is not cooperative.
-// Warp-level operations (shuffles, votes), thread-block clusters and statically sized __shared__
-// arrays (they would be each thread's own) are not provided.
+// Warp shuffles (full-warp masks only) are a rendezvous of the warp's 32 threads; a shuffle that
+// some lanes of a warp never reach stops the launch. cp.async copies are deferred until the
+// thread's wait_group lets them complete, so a read of their destination before the wait sees the
+// old contents. A cluster launch (LaunchConfig::cluster CTAs along x) runs its CTAs in turns like a
+// cooperative launch, with the cluster barrier, the CTA's rank and stores into a peer CTA's shared
+// memory (distributed shared memory). Votes, mbarriers, tensor-core instructions and statically
+// sized __shared__ arrays (they would be each thread's own) are not provided.
 //
 // The dynamic shared memory is an array of the including translation unit, declared by the
 // kernel as `extern __shared__ unsigned char name[]`, defined by the translation unit at namespace
@@ -49,9 +54,28 @@ const Dim3& block_idx();
 const Dim3& block_dim();
 const Dim3& grid_dim();
 
-// __syncthreads and grid.sync(), from the place in the code that calls them.
+// __syncthreads, grid.sync() and cluster.sync(), from the place in the code that calls them.
 void block_barrier(const char* file, int line);
 void grid_barrier(const char* file, int line);
+void cluster_barrier(const char* file, int line);
+
+// __shfl_xor_sync(0xffffffff, value, lane_mask) on a 32-bit word.
+uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, const char* file, int line);
+
+// cp.async: a copy of `bytes` from global src to shared dst, performed when a wait_group lets it
+// complete; commit_group closes the thread's current group of copies; wait_group(n) completes all
+// but the n most recent groups.
+void copy_async(void* dst, const void* src, size_t bytes);
+void commit_group();
+void wait_group(int n);
+
+// __trap(): stops the launch with an error naming the place.
+[[noreturn]] void trap(const char* file, int line);
+
+// The CTA's rank in its cluster, and a store of `bytes` at the shared-memory address `local` of
+// this CTA mapped into the shared memory of the cluster's CTA `rank` (mapa + st.shared::cluster).
+unsigned cluster_rank();
+void store_in_cluster_cta(void* local, const void* value, size_t bytes, unsigned rank);
 
 enum class Order { Ascending, Descending, Shuffled };
 
@@ -59,6 +83,7 @@ struct LaunchConfig {
   Dim3 grid, block;
   size_t smem_bytes = 0;    // dynamic shared memory of the launch
   bool cooperative = false;  // all CTAs at once, grid barriers allowed
+  unsigned cluster = 1;      // CTAs per cluster along x (grid.x a multiple of it)
 };
 
 // The including translation unit's dynamic shared memory array, and its capacity.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "cuda_on_cpu.h"
 
@@ -15,6 +16,8 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// (no std header may follow: theirs spell __attribute__((__noinline__)))
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__  // dynamic shared memory only: see cuda_on_cpu.h
 #define __align__(n) __attribute__((aligned(n)))
@@ -35,7 +38,30 @@ struct grid_group {
   }
 };
 inline grid_group this_grid() { return {}; }
+struct cluster_group {
+  unsigned block_rank() const { return ::fused_rnn::cuda_on_cpu::cluster_rank(); }
+  void sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) const {
+    ::fused_rnn::cuda_on_cpu::cluster_barrier(file, line);
+  }
+};
+inline cluster_group this_cluster() { return {}; }
 }  // namespace cooperative_groups
+
+inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask, const char* file = __builtin_FILE(),
+                             int line = __builtin_LINE()) {
+  return __builtin_bit_cast(float, ::fused_rnn::cuda_on_cpu::shfl_xor(mask, __builtin_bit_cast(uint32_t, value),
+                                                                        lane_mask, file, line));
+}
+// __trap(): the thread stops the launch with an error (cuda_on_cpu.h).
+inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::fused_rnn::cuda_on_cpu::trap(file, line);
+}
+// A generic → shared address, only ever passed to inline PTX that the CPU execution leaves out.
+inline unsigned __cvta_generic_to_shared(const void* p) {
+  return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p));
+}
+inline unsigned __float_as_uint(float x) { return __builtin_bit_cast(unsigned, x); }
+inline float __uint_as_float(unsigned x) { return __builtin_bit_cast(float, x); }
 
 // may_alias: the kernels read float arrays through these, as CUDA allows.
 struct __attribute__((aligned(16), may_alias)) float4 {
@@ -47,6 +73,10 @@ struct __attribute__((aligned(16), may_alias)) double2 {
 
 template <typename T>
 inline T __ldcg(const T* p) {
+  return *p;
+}
+template <typename T>
+inline T __ldg(const T* p) {
   return *p;
 }
 

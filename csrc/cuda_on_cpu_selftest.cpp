@@ -14,6 +14,13 @@
 //                          each reads the other's (correct)
 //     "grid_sync_plain"    the same in a launch that is not cooperative
 //     "grid_exit"          CTA 1 exits before the grid.sync() that CTA 0 waits at
+//     "warp_sum"           each warp's sum of in[] by an xor butterfly of shuffles (correct)
+//     "shuffle_divergent"  odd lanes skip a shuffle that even lanes wait at
+//     "copy_async"         cp.async of in[i] into shared memory; out[i] read before the wait (the
+//                          fill), out[64 + i] after it (in[i])
+//     "cluster_exchange"   2 CTAs in a cluster: each stores into the other's shared memory, then
+//                          cluster.sync(), then reads its own (correct)
+//     "cluster_no_barrier" the same without the cluster barrier: the result depends on the order
 #include <torch/library.h>
 
 #include <string>
@@ -94,6 +101,40 @@ __global__ void grid_sum_kernel(const float* in, float* partial, float* out, boo
   out[b * kThreads + i] = partial[1 - b];
 }
 
+__global__ void warp_sum_kernel(const float* in, float* out) {
+  const int i = static_cast<int>(threadIdx.x);
+  float v = in[i];
+  for (int m = 1; m < 32; m *= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  out[i] = v;
+}
+
+__global__ void shuffle_divergent_kernel(float* out) {
+  const int i = static_cast<int>(threadIdx.x);
+  float v = 1.f;
+  if (i % 2 == 0) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[i] = v;
+}
+
+__global__ void copy_async_kernel(const float* in, float* out) {
+  float* smem = shared_floats();
+  const int i = static_cast<int>(threadIdx.x);
+  cuda_on_cpu::copy_async(smem + i, in + i, sizeof(float));
+  cuda_on_cpu::commit_group();
+  out[i] = smem[i];  // before the wait: not yet there
+  cuda_on_cpu::wait_group(0);
+  out[kThreads + i] = smem[i];
+}
+
+__global__ void cluster_exchange_kernel(float* out, bool barrier) {
+  float* smem = shared_floats();
+  const int i = static_cast<int>(threadIdx.x);
+  const unsigned rank = cooperative_groups::this_cluster().block_rank();
+  const float v = static_cast<float>(100 * rank + i);
+  cuda_on_cpu::store_in_cluster_cta(smem + i, &v, sizeof(float), 1 - rank);
+  if (barrier) cooperative_groups::this_cluster().sync();
+  out[rank * kThreads + i] = smem[i];
+}
+
 }  // namespace selftest
 
 namespace {
@@ -113,7 +154,7 @@ std::vector<double> cuda_on_cpu_selftest(const std::string& kernel, const std::s
   std::function<void()> body;
   if (kernel == "reverse" || kernel == "missing_barrier") {
     const bool barrier = kernel == "reverse";
-    body = [&] { selftest::reverse_kernel(in.data(), out.data(), barrier); };
+    body = [&, barrier] { selftest::reverse_kernel(in.data(), out.data(), barrier); };
   } else if (kernel == "divergent_barrier") {
     body = [&] { selftest::divergent_kernel(out.data()); };
   } else if (kernel == "early_exit") {
@@ -126,7 +167,18 @@ std::vector<double> cuda_on_cpu_selftest(const std::string& kernel, const std::s
     config.grid = Dim3{2, 1, 1};
     config.cooperative = kernel != "grid_sync_plain";
     const bool exit_early = kernel == "grid_exit";
-    body = [&] { selftest::grid_sum_kernel(in.data(), partial.data(), out.data(), exit_early); };
+    body = [&, exit_early] { selftest::grid_sum_kernel(in.data(), partial.data(), out.data(), exit_early); };
+  } else if (kernel == "warp_sum") {
+    body = [&] { selftest::warp_sum_kernel(in.data(), out.data()); };
+  } else if (kernel == "shuffle_divergent") {
+    body = [&] { selftest::shuffle_divergent_kernel(out.data()); };
+  } else if (kernel == "copy_async") {
+    body = [&] { selftest::copy_async_kernel(in.data(), out.data()); };
+  } else if (kernel == "cluster_exchange" || kernel == "cluster_no_barrier") {
+    config.grid = Dim3{2, 1, 1};
+    config.cluster = 2;
+    const bool barrier = kernel == "cluster_exchange";
+    body = [&, barrier] { selftest::cluster_exchange_kernel(out.data(), barrier); };
   } else {
     TORCH_CHECK(false, "cuda_on_cpu_selftest: no kernel ", kernel);
   }

@@ -1,9 +1,13 @@
-"""The default CUDA recurrence kernel's own source (csrc/cuda/recurrence_kernel.cuh), compiled as host
-C++ and run on the CPU with one fiber per CUDA thread (csrc/cuda_on_cpu.h), on the launch plan the
-CUDA launcher makes (csrc/cuda/recurrence_plan.h) for a device described by hand: every regime
-(single, grid, step), every batch tile, forward and BPTT, packed and bidirectional, against
-nn.RNN in float64. Each case runs with the CTA's threads in ascending, descending and shuffled
-order between barriers, and must give the same bits every time (a missing barrier would not).
+"""CUDA kernels' own source, compiled as host C++ and run on the CPU with one fiber per CUDA thread
+(csrc/cuda_on_cpu.h), on the launch plans their launchers make, against nn.RNN in float64:
+  - the default recurrence kernel (csrc/cuda/recurrence_kernel.cuh, plan: recurrence_plan.h) for a
+    device described by hand: every regime (single, grid, step), every batch tile, forward and
+    BPTT, packed and bidirectional, float64/32/16 and bfloat16;
+  - the opt-in SM-resident float32 kernel (csrc/cuda/resident_kernel.cuh, plan: resident_layout.h):
+    every shape, clusters of 2 and 8 CTAs exchanging h through distributed shared memory, warp
+    shuffles, the cp.async prefetch ring.
+Each case runs with the threads (and CTAs) in ascending, descending and shuffled order between
+barriers, and must give the same bits every time (a missing barrier would not).
 
 The first tests show that the runtime catches what it claims to, on small kernels that break one
 rule each (csrc/cuda_on_cpu_selftest.cpp).
@@ -52,6 +56,29 @@ def test_runtime_shows_a_missing_barrier_as_an_order_dependent_result():
 def test_runtime_stops_a_kernel_that_breaks_a_cuda_rule(kernel, message):
     with pytest.raises(RuntimeError, match=message):
         selftest(kernel, "ascending")
+
+
+def test_runtime_shuffles_within_each_warp():
+    assert selftest("warp_sum", "shuffled")[:64] == [float(sum(range(1, 33)))] * 32 + [float(sum(range(33, 65)))] * 32
+    with pytest.raises(RuntimeError, match="while its warp's lanes wait at a warp shuffle"):
+        selftest("shuffle_divergent", "ascending")
+
+
+def test_runtime_completes_cp_async_copies_at_their_wait():
+    out = selftest("copy_async", "ascending")
+    assert all(math.isnan(v) for v in out[:64]) and out[64:] == [float(i + 1) for i in range(64)]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_runtime_exchanges_through_distributed_shared_memory_in_a_cluster(order):
+    assert selftest("cluster_exchange", order) == [100.0 + i for i in range(64)] + [float(i) for i in range(64)]
+
+
+def test_runtime_shows_a_missing_cluster_barrier_as_an_order_dependent_result():
+    # CTA 0 runs first (ascending): its own words are not yet written by CTA 1; descending: the other way.
+    ascending, descending = (selftest("cluster_no_barrier", order) for order in ("ascending", "descending"))
+    assert all(math.isnan(v) for v in ascending[:64]) and ascending[64:] == [float(i) for i in range(64)]
+    assert descending[:64] == [100.0 + i for i in range(64)] and all(math.isnan(v) for v in descending[64:])
 
 
 def test_runtime_gives_nan_for_shared_memory_that_no_thread_wrote():
@@ -171,3 +198,45 @@ def test_recurrence_kernel_stops_at_a_bad_argument():
         kernel_on_cpu(buf, torch.empty(0), h0, w, None, False, False, "single", 8, 232448, "ascending", 0)
     with pytest.raises(RuntimeError, match="smem_optin"):
         kernel_on_cpu(buf, torch.empty(0), h0, w, None, False, False, "auto", 8, 1 << 20, "ascending", 0)
+
+
+# ---- the SM-resident float32 kernel (opt-in) against nn.RNN --------------------------------------
+
+resident_on_cpu = torch.ops.fused_rnn_emulation.resident_kernel
+
+# (T, B, H, D, relu, sms, clusters, expected plan [shape, bt, CTAs per cluster])
+RESIDENT_CASES = [
+    (4, 3, 20, 1, False, 132, True, [0, 1, 1]),     # Shape32
+    (4, 5, 64, 2, True, 132, True, [1, 1, 1]),      # Shape64
+    (3, 9, 100, 1, False, 4, True, [2, 4, 1]),      # Shape128, batch tile 4 (few SMs)
+    (3, 17, 120, 1, True, 2, False, [2, 8, 1]),     # batch tile 8, no clusters (sm_80)
+    (3, 2, 150, 2, False, 132, True, [3, 1, 1]),    # Shape192 (R = 2)
+    (3, 3, 200, 1, True, 4, True, [4, 2, 2]),       # Shape256C2: a cluster of 2, batch tile 2
+    (2, 1, 300, 2, False, 132, True, [5, 1, 8]),    # Shape512C8: a cluster of 8
+]
+
+
+@pytest.mark.parametrize("case", RESIDENT_CASES, ids=[f"T{c[0]}B{c[1]}H{c[2]}D{c[3]}-sms{c[5]}" for c in RESIDENT_CASES])
+def test_resident_kernel_matches_nn_rnn(case):
+    T, B, H, D, relu, sms, clusters, expected = case
+    gen = torch.Generator().manual_seed(H)
+    w_hh = torch.randn(D, H, H, generator=gen) / math.sqrt(H)
+    h0, pre = torch.randn(D, B, H, generator=gen), torch.randn(T * B, D * H, generator=gen)
+    g, ghy = torch.randn(T * B, D * H, generator=gen), torch.randn(D, B, H, generator=gen)
+    tol = TOLERANCE[torch.float32]
+
+    def all_orders(*args):
+        runs = [resident_on_cpu(*args, sms, clusters, order, seed) for seed, order in enumerate(ORDERS)]
+        for buf, h_out, plan in runs[1:]:
+            assert torch.equal(buf, runs[0][0]) and torch.equal(h_out, runs[0][1]), "order-dependent result"
+        return runs[0]
+
+    out, hy, plan = all_orders(pre, torch.empty(0), h0, w_hh, relu, False)
+    assert plan[:3] == expected
+    ref_out, ref_hy = reference(pre, h0, w_hh, relu, None)
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+    torch.testing.assert_close(hy.double(), ref_hy, atol=tol, rtol=tol)
+    delta, dh0, _ = all_orders(g, ref_out.float(), ghy, w_hh, relu, True)
+    ref_delta, ref_dh0 = reference(pre, h0, w_hh, relu, None, grads=(g, ghy))
+    torch.testing.assert_close(delta.double(), ref_delta, atol=4 * tol, rtol=4 * tol)
+    torch.testing.assert_close(dh0.double(), ref_dh0, atol=4 * tol, rtol=4 * tol)

@@ -1,12 +1,18 @@
-// Thread-block clusters (sm_90) for the resident kernels (resident_cuda.cu, resident_mma_cuda.cu):
-// the CTA's rank, the per-step barrier, and the launch. With C = 1 each is the plain-CTA version, so
-// one kernel body serves both. The cluster kernels are compiled for sm_80 too, where they are never
-// launched (no cluster is planned there) and trap if they were.
+// Thread-block clusters (sm_90) for the resident kernels (resident_kernel.cuh, resident_mma_cuda.cu):
+// the CTA's rank, the per-step barrier and the stores into the peers' shared memory (the launch:
+// cluster_launch.cuh). With C = 1 each is the plain-CTA version, so one kernel body serves both.
+// The cluster kernels are compiled for sm_80 too, where they are never launched (no cluster is
+// planned there) and trap if they were. Under FUSED_RNN_CUDA_ON_CPU (the kernels' CPU execution
+// in tests, cuda_on_cpu.h) the rank, the cluster barrier and the stores are the CPU runtime's; the
+// mbarrier exchange is not emulated and traps there.
 #pragma once
 
-#include <c10/cuda/CUDAException.h>
+#ifndef FUSED_RNN_CUDA_ON_CPU
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
+#endif
+
+#include <cstdint>
 
 namespace fused_rnn {
 namespace cuda {
@@ -16,7 +22,7 @@ __device__ __forceinline__ int cluster_rank() {
   if constexpr (C == 1) {
     return 0;
   } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_CUDA_ON_CPU)
     return static_cast<int>(cooperative_groups::this_cluster().block_rank());
 #else
     __trap();
@@ -32,7 +38,7 @@ __device__ __forceinline__ void step_barrier() {
   if constexpr (C == 1) {
     __syncthreads();
   } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_CUDA_ON_CPU)
     cooperative_groups::this_cluster().sync();
 #else
     __trap();
@@ -62,6 +68,8 @@ __device__ __forceinline__ void store_in_every_cta(Bits* local, Bits value) {
         asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote), "r"(value) : "memory");
       }
     }
+#elif defined(FUSED_RNN_CUDA_ON_CPU)
+    for (int r = 0; r < C; ++r) cuda_on_cpu::store_in_cluster_cta(local, &value, sizeof(Bits), static_cast<unsigned>(r));
 #else
     __trap();
 #endif
@@ -82,6 +90,7 @@ __device__ __forceinline__ void mbarrier_init(unsigned long long* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar)))
                : "memory");
 #else
+  (void)bar;  // (sm_80, CPU: never called)
   __trap();
 #endif
 }
@@ -102,6 +111,7 @@ __device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, u
                "r"(bytes)
                : "memory");
 #else
+  (void)bar; (void)bytes;  // (sm_80, CPU: never called)
   __trap();
 #endif
 }
@@ -124,6 +134,7 @@ __device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned par
       : "memory");
   return done != 0;
 #else
+  (void)address; (void)parity;  // (sm_80, CPU: never called)
   __trap();
   return true;
 #endif
@@ -139,6 +150,7 @@ static __device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigne
     if (now - start > kMbarrierWaitLimitNs) __trap();
   }
 #else
+  (void)address; (void)parity;  // (sm_80, CPU: never called)
   __trap();
 #endif
 }
@@ -202,45 +214,6 @@ __device__ __forceinline__ void state_wait_filled(unsigned long long* bars, int6
 __device__ __forceinline__ void state_step_begin(unsigned long long* bars, int64_t s, int tid, unsigned bytes) {
   state_wait_filled(bars, s);
   if (tid == 0) mbarrier_expect_bytes(state_barrier_of_step(bars, s), bytes);
-}
-
-// Launches kernel(args...) on grid in clusters of C CTAs along x (C = 1: a plain launch) and
-// returns true, or returns false without launching when the GPU cannot schedule such a cluster.
-// Sizes over 8 are non-portable: they are allowed explicitly, and an occupancy query that refuses
-// them is an answer (the caller falls back), where for portable sizes it is an error.
-template <int C, typename... Params, typename... Args>
-bool launch_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                        Args&&... args) {
-  if constexpr (C == 1) {
-    kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
-  } else {
-    if constexpr (C > 8) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    }
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = C;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
-    if (C > 8 && err != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    C10_CUDA_CHECK(err);
-    if (clusters < 1) return false;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
 }
 
 }  // namespace cuda

@@ -33,6 +33,7 @@
 
 #include "cuda/activation.cuh"
 #include "cuda/cluster.cuh"
+#include "cuda/cluster_launch.cuh"
 #include "cuda/mma_layout.h"
 #include "cuda/rec_params.h"
 #include "cuda/recurrence_cuda.h"

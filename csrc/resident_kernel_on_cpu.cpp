@@ -1,0 +1,133 @@
+// The SM-resident float32 CUDA kernel (cuda/resident_kernel.cuh; opt-in, FUSED_RNN_CUDA_REGIME=
+// resident), its own source compiled as host C++ and run on the CPU by cuda_on_cpu.h (CUDA threads
+// as fibers, warp shuffles as rendezvous, cp.async deferred to its wait, clusters with their barrier
+// and distributed shared memory), on the plan resident_cuda.cu launches (resident_layout.h): tests
+// on machines without a GPU run the kernel itself, shuffles and cluster exchange included
+// (tests/test_kernel_on_cpu.py). The mbarrier exchange (FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) is
+// not emulated.
+//
+//   torch.ops.fused_rnn_emulation.resident_kernel(buf, y, h_in, w_hh, relu, backward, sms, clusters,
+//       order, seed) -> (buf, h_out, plan)
+//     One layer's recurrence (recurrence.h), uniform batch, float32 CPU tensors: buf [T*B, D*H]
+//     (pre-activations, or g in BPTT), y [T*B, D*H] (BPTT; else empty), h_in [D, B, H], w_hh
+//     [D, H, H]; sms: the SM count the plan assumes; clusters: whether the GPU has them (sm_90);
+//     order, seed: as for recurrence_kernel (recurrence_kernel_on_cpu.cpp). Returns new tensors buf
+//     (h_t or δ_t) and h_out (hy or dh0), and the plan [shape, bt, CTAs per cluster, CTAs].
+//   Buffers lie between guard bands and h_out starts as NaN, as in recurrence_kernel_on_cpu.cpp.
+#include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/rec_params.h"
+#include "cuda/resident_layout.h"
+
+// Last: it defines CUDA's qualifiers as macros.
+#include "cuda_on_cpu_builtins.h"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+// The kernel's dynamic shared memory (`extern __shared__ float4 smem4[]`, in the kernel's unnamed
+// namespace), up to sm_90's 227 KB.
+constexpr size_t kSmemCapacity = 227 * 1024;
+float4 smem4[kSmemCapacity / sizeof(float4)];
+}  // namespace
+}  // namespace cuda
+}  // namespace fused_rnn
+
+#include "cuda/resident_kernel.cuh"
+
+namespace fused_rnn {
+namespace {
+
+constexpr int64_t kGuard = 64;
+constexpr double kGuardValue = -7.25;
+
+struct Guarded {
+  at::Tensor all;
+  int64_t n;
+  Guarded(int64_t numel, double fill) : n(numel) {
+    all = at::full({numel + 2 * kGuard}, kGuardValue, at::TensorOptions().dtype(at::kFloat));
+    all.narrow(0, kGuard, numel).fill_(fill);
+  }
+  at::Tensor inner() const { return all.narrow(0, kGuard, n); }
+  void check(const char* name) const {
+    const at::Tensor bands = at::cat({all.narrow(0, 0, kGuard), all.narrow(0, kGuard + n, kGuard)});
+    TORCH_CHECK(bands.eq(kGuardValue).all().item<bool>(), "resident kernel on the CPU: wrote outside ", name);
+  }
+};
+
+unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::smem4); }
+
+// The launch resident_cuda.cu makes for shape S and batch tile BT (the barrier exchange).
+template <class S, int BT, bool Backward>
+void run(const cuda::RecParams& p, cuda_on_cpu::Order order, uint64_t seed) {
+  cuda_on_cpu::LaunchConfig config;
+  config.grid = {static_cast<unsigned>(S::C * ((p.B + BT - 1) / BT)), static_cast<unsigned>(p.D), 1};
+  config.block = {static_cast<unsigned>(S::NT), 1, 1};
+  config.smem_bytes = resident::smem_bytes<S, BT, Backward>();
+  config.cluster = S::C;
+  cuda_on_cpu::launch(
+      config, [&] { cuda::resident_kernel<S, BT, Backward, false>(p); },
+      cuda_on_cpu::SharedMemory{smem_base, cuda::kSmemCapacity}, order, seed);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
+    const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
+    bool backward, int64_t sms, bool clusters, const std::string& order, int64_t seed) {
+  TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
+  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
+  TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
+                  N % B == 0,
+              "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
+  for (const at::Tensor* t : {&buf, &h_in, &w_hh}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, "float32 CPU tensors");
+  }
+  TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == at::kFloat), "BPTT: y [T*B, D*H] like buf");
+  const cuda_on_cpu::Order ord = order == "ascending"    ? cuda_on_cpu::Order::Ascending
+                                 : order == "descending" ? cuda_on_cpu::Order::Descending
+                                                         : cuda_on_cpu::Order::Shuffled;
+  const resident::Plan plan = resident::plan(H, B, D, static_cast<int>(sms), clusters);
+  TORCH_CHECK(plan.shape >= 0, "H = ", H, " is beyond the resident kernels");
+
+  const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
+  Guarded out(N * D * H, 0.0), hout(D * B * H, NAN);
+  out.inner().copy_(buf.reshape(-1));
+  const cuda::RecParams p{out.inner().data_ptr(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
+                          hout.inner().data_ptr(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  bool ran = false;
+  resident::with_shape(plan.shape, [&](auto shape) {
+    using S = decltype(shape);
+    resident::with_batch_tile(plan.bt, [&](auto btc) {
+      constexpr int BT = decltype(btc)::value;
+      if constexpr (BT <= S::MaxBT) {
+        if (backward) {
+          run<S, BT, true>(p, ord, uint64_t(seed));
+        } else {
+          run<S, BT, false>(p, ord, uint64_t(seed));
+        }
+        ran = true;
+      }
+    });
+  });
+  TORCH_CHECK(ran, "the plan's batch tile ", plan.bt, " exceeds its shape's");
+  out.check("buf");
+  hout.check("h_out");
+  return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}),
+          std::vector<int64_t>{plan.shape, plan.bt, plan.cluster, plan.ctas}};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fused_rnn_emulation, m) {
+  m.def(
+      "resident_kernel(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, int sms, "
+      "bool clusters, str order, int seed) -> (Tensor, Tensor, int[])",
+      &resident_kernel_on_cpu);
+}
+
+}  // namespace fused_rnn
