@@ -4,6 +4,7 @@
 
 #include <ucontext.h>
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -74,6 +75,7 @@ struct LaunchState {
   Cta* cta = nullptr;                               // the CTA whose fiber runs
   // warp shuffles: two sets of 32 words per warp, taken in turn by a lane's successive shuffles
   std::vector<uint32_t> shfl;
+  std::vector<uint32_t> mma;  // mma.sync: two sets of 32 lanes' fragments per warp
   std::string error;  // a rule a thread broke (found inside the fiber, thrown by the scheduler)
 };
 thread_local LaunchState* current = nullptr;  // the launch running on this OS thread
@@ -329,6 +331,85 @@ uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, const char* file
   return words[lane ^ size_t(lane_mask)];
 }
 
+namespace {
+
+float f16_to_float(uint32_t h) {
+  const uint32_t sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  float v;
+  if (exp == 0) {
+    v = std::ldexp(static_cast<float>(man), -24);
+  } else if (exp == 31) {
+    v = man ? NAN : INFINITY;
+  } else {
+    v = std::ldexp(static_cast<float>(man | 0x400u), int(exp) - 25);
+  }
+  return sign ? -v : v;
+}
+float bf16_to_float(uint32_t h) { return __builtin_bit_cast(float, h << 16); }
+float tf32_to_float(uint32_t w) { return __builtin_bit_cast(float, w & 0xffffe000u); }
+
+// Element i of a lane's fragment register set `regs`: 16-bit types two per register (element 2r
+// in the low half of register r), tf32 one per register.
+float element(MmaKind kind, const uint32_t* regs, int i) {
+  switch (kind) {
+    case MmaKind::F16: return f16_to_float((regs[i / 2] >> (16 * (i % 2))) & 0xffffu);
+    case MmaKind::BF16: return bf16_to_float((regs[i / 2] >> (16 * (i % 2))) & 0xffffu);
+    case MmaKind::TF32: return tf32_to_float(regs[i]);
+  }
+  return 0.f;
+}
+
+}  // namespace
+
+void mma_sync(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const char* file,
+              int line) {
+  // Every lane writes its fragments; after the rendezvous each computes its own four d values.
+  LaunchState& st = launch_state();
+  Cta& cta = *st.cta;
+  const size_t t = cta.thread(), lane = t % kWarp, warp = t / kWarp;
+  constexpr size_t kWords = 10;  // a[4], b[2], c[4]
+  uint32_t& turn = cta.shfl_turn(t);
+  uint32_t* set = st.mma.data() + (2 * warp + (turn & 1)) * kWarp * kWords;
+  ++turn;
+  uint32_t* mine = set + lane * kWords;
+  for (int r = 0; r < 4; ++r) mine[r] = a[r];
+  mine[4] = b0;
+  mine[5] = b1;
+  for (int i = 0; i < 4; ++i) mine[6 + i] = __builtin_bit_cast(uint32_t, d[i]);
+  wait_at(Scope::Warp, file, line);
+
+  // The PTX ISA's fragment layouts, with groupID = lane >> 2 and threadID_in_group = lane % 4.
+  const int K = kind == MmaKind::TF32 ? 8 : 16;
+  double A[16][16] = {}, B[16][8] = {};
+  for (int l = 0; l < int(kWarp); ++l) {
+    const uint32_t* w = set + l * kWords;
+    const int group = l >> 2, tig = l % 4;
+    if (kind == MmaKind::TF32) {
+      // m16n8k8 .tf32: a0..a3: row groupID (a0, a2) or groupID + 8 (a1, a3), col threadID_in_group
+      // (a0, a1) or + 4 (a2, a3); b0, b1: row threadID_in_group (b0) or + 4 (b1), col groupID.
+      for (int i = 0; i < 4; ++i) A[group + (i % 2 ? 8 : 0)][tig + (i >= 2 ? 4 : 0)] = element(kind, w, i);
+      for (int i = 0; i < 2; ++i) B[tig + (i ? 4 : 0)][group] = element(kind, w + 4, i);
+    } else {
+      // m16n8k16 .f16/.bf16: a0..a7: row groupID for a0, a1, a4, a5, else groupID + 8; col
+      // threadID_in_group * 2 + (i & 1), + 8 for a4..a7; b0..b3: row threadID_in_group * 2 + (i & 1),
+      // + 8 for b2, b3; col groupID.
+      for (int i = 0; i < 8; ++i) {
+        const bool low_rows = i < 2 || (i >= 4 && i < 6);
+        A[group + (low_rows ? 0 : 8)][tig * 2 + (i & 1) + (i >= 4 ? 8 : 0)] = element(kind, w, i);
+      }
+      for (int i = 0; i < 4; ++i) B[tig * 2 + (i & 1) + (i >= 2 ? 8 : 0)][group] = element(kind, w + 4, i);
+    }
+  }
+  // c0..c3 (and d): row groupID for c0, c1, else groupID + 8; col threadID_in_group * 2 + (i & 1).
+  const int group = int(lane) >> 2, tig = int(lane) % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = group + (i < 2 ? 0 : 8), col = tig * 2 + (i & 1);
+    double sum = d[i];
+    for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
+    d[i] = static_cast<float>(sum);
+  }
+}
+
 void copy_async(void* dst, const void* src, size_t bytes) { current_fiber().open_group.push_back({dst, src, bytes}); }
 void commit_group() {
   Fiber& f = current_fiber();
@@ -386,6 +467,7 @@ void launch(const LaunchConfig& config, const std::function<void()>& kernel, Sha
   st.config = &config;
   st.smem = smem;
   st.shfl.assign(2 * (threads + kWarp), 0);
+  st.mma.assign(2 * (threads + kWarp) * 10, 0);
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
       for (unsigned x = 0; x < g.x; ++x) st.idx.push_back(Dim3{x, y, z});

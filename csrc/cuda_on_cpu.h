@@ -25,10 +25,10 @@
 // Warp shuffles (full-warp masks only) are a rendezvous of the warp's 32 threads; a shuffle that
 // some lanes of a warp never reach stops the launch. cp.async copies are deferred until the
 // thread's wait_group lets them complete, so a read of their destination before the wait sees the
-// old contents. A cluster launch (LaunchConfig::cluster CTAs along x) runs its CTAs in turns like a
+// old contents. mma.sync is a warp rendezvous too (mma_sync below). A cluster launch (LaunchConfig::cluster CTAs along x) runs its CTAs in turns like a
 // cooperative launch, with the cluster barrier, the CTA's rank and stores into a peer CTA's shared
-// memory (distributed shared memory). Votes, mbarriers, tensor-core instructions and statically
-// sized __shared__ arrays (they would be each thread's own) are not provided.
+// memory (distributed shared memory). Votes, mbarriers, ldmatrix and statically sized __shared__
+// arrays (they would be each thread's own) are not provided.
 //
 // The dynamic shared memory is an array of the including translation unit, declared by the
 // kernel as `extern __shared__ unsigned char name[]`, defined by the translation unit at namespace
@@ -68,6 +68,15 @@ uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, const char* file
 void copy_async(void* dst, const void* src, size_t bytes);
 void commit_group();
 void wait_group(int n);
+
+// mma.sync.aligned.{m16n8k16 f16 | m16n8k16 bf16 | m16n8k8 tf32}.row.col.f32 with fp32 accumulation:
+// d = a·b + d of the warp, each lane giving its fragments in the PTX ISA's layout (a rendezvous of
+// the warp's 32 threads, like a shuffle). Products and sums are computed in double and rounded to
+// float once per element (the hardware's order of additions is unspecified). tf32 operands: the
+// low 13 bits of each 32-bit word are ignored, as the tensor cores do.
+enum class MmaKind { F16, BF16, TF32 };
+void mma_sync(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const char* file,
+              int line);
 
 // __trap(): stops the launch with an error naming the place.
 [[noreturn]] void trap(const char* file, int line);

@@ -5,7 +5,10 @@
     BPTT, packed and bidirectional, float64/32/16 and bfloat16;
   - the opt-in SM-resident float32 kernel (csrc/cuda/resident_kernel.cuh, plan: resident_layout.h):
     every shape, clusters of 2 and 8 CTAs exchanging h through distributed shared memory, warp
-    shuffles, the cp.async prefetch ring.
+    shuffles, the cp.async prefetch ring;
+  - the opt-in tensor-core kernel (csrc/cuda/resident_mma_kernel.cuh, tilings: mma_layout.h) for
+    float16, bfloat16 and TF32, on an mma.sync whose fragment layouts the runtime writes out from the
+    PTX ISA independently of mma_layout.h: one-CTA tilings, k parts and clusters of 2, 4 and 8.
 Each case runs with the threads (and CTAs) in ascending, descending and shuffled order between
 barriers, and must give the same bits every time (a missing barrier would not).
 
@@ -240,3 +243,52 @@ def test_resident_kernel_matches_nn_rnn(case):
     ref_delta, ref_dh0 = reference(pre, h0, w_hh, relu, None, grads=(g, ghy))
     torch.testing.assert_close(delta.double(), ref_delta, atol=4 * tol, rtol=4 * tol)
     torch.testing.assert_close(dh0.double(), ref_dh0, atol=4 * tol, rtol=4 * tol)
+
+
+# ---- the tensor-core kernel (opt-in) against nn.RNN ----------------------------------------------
+
+mma_on_cpu = torch.ops.fused_rnn_emulation.resident_mma_kernel
+
+# Forward and BPTT tolerances against float64: the kernel rounds the state to the operand type once
+# per step (float16: 2^-11, bfloat16: 2^-8, TF32: 2^-11 relative), as cuDNN's half kernels do.
+MMA_TOLERANCE = {torch.float16: (2e-3, 8e-3), torch.bfloat16: (2e-2, 6e-2), torch.float32: (3e-3, 6e-3)}
+
+# (dtype, T, B, H, D, relu, clusters, expected plan [tiling, KT, KP, CTAs per cluster, warps])
+MMA_CASES = [
+    (torch.float16, 3, 3, 20, 1, False, True, [0, 2, 1, 1, 2]),
+    (torch.float16, 3, 9, 64, 2, True, True, [1, 4, 1, 1, 4]),        # two batch tiles of 8
+    (torch.float16, 2, 2, 200, 1, False, True, [4, 16, 1, 1, 13]),
+    (torch.float16, 2, 2, 300, 1, True, True, [5, 16, 2, 4, 16]),     # a cluster of 4, k parts
+    (torch.bfloat16, 3, 5, 48, 2, False, True, [1, 4, 1, 1, 3]),
+    (torch.bfloat16, 2, 2, 300, 1, False, True, [5, 16, 2, 4, 16]),
+    (torch.float32, 3, 3, 20, 1, True, True, [0, 4, 1, 1, 2]),          # TF32
+    (torch.float32, 2, 9, 150, 2, False, False, [3, 24, 1, 1, 10]),
+    (torch.float32, 2, 2, 200, 1, False, True, [4, 16, 2, 2, 16]),      # a cluster of 2
+    (torch.float32, 2, 2, 300, 1, True, True, [5, 16, 4, 8, 16]),       # a cluster of 8
+]
+
+
+@pytest.mark.parametrize("case", MMA_CASES, ids=[f"{str(c[0])[6:]}-T{c[1]}B{c[2]}H{c[3]}D{c[4]}" for c in MMA_CASES])
+def test_tensor_core_kernel_matches_nn_rnn(case):
+    dtype, T, B, H, D, relu, clusters, expected = case
+    gen = torch.Generator().manual_seed(H + B)
+    w_hh = (torch.randn(D, H, H, generator=gen) / math.sqrt(H)).to(dtype)
+    h0, pre = torch.randn(D, B, H, generator=gen).to(dtype), torch.randn(T * B, D * H, generator=gen).to(dtype)
+    g, ghy = torch.randn(T * B, D * H, generator=gen).to(dtype), torch.randn(D, B, H, generator=gen).to(dtype)
+    tol, tol_bptt = MMA_TOLERANCE[dtype]
+
+    def all_orders(*args):
+        runs = [mma_on_cpu(*args, clusters, order, seed) for seed, order in enumerate(ORDERS)]
+        for buf, h_out, plan in runs[1:]:
+            assert torch.equal(buf, runs[0][0]) and torch.equal(h_out, runs[0][1]), "order-dependent result"
+        return runs[0]
+
+    out, hy, plan = all_orders(pre, torch.empty(0), h0, w_hh, relu, False)
+    assert plan == expected
+    ref_out, ref_hy = reference(pre, h0, w_hh, relu, None)
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+    torch.testing.assert_close(hy.double(), ref_hy, atol=tol, rtol=tol)
+    delta, dh0, _ = all_orders(g, ref_out.to(dtype), ghy, w_hh, relu, True)
+    ref_delta, ref_dh0 = reference(pre, h0, w_hh, relu, None, grads=(g, ghy))
+    torch.testing.assert_close(delta.double(), ref_delta, atol=tol_bptt, rtol=tol_bptt)
+    torch.testing.assert_close(dh0.double(), ref_dh0, atol=tol_bptt, rtol=tol_bptt)

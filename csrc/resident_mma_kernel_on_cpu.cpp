@@ -1,0 +1,137 @@
+// The tensor-core SM-resident CUDA kernel (cuda/resident_mma_kernel.cuh; opt-in, FUSED_RNN_CUDA_REGIME=
+// resident for float16/bfloat16, and float32 with TF32 allowed), its own source compiled as host C++
+// and run on the CPU by cuda_on_cpu.h, whose mma.sync follows the PTX ISA's fragment layouts
+// written out independently of mma_layout.h (the kernel's): tests on machines without a GPU run the
+// kernel itself, its A packing, B loads, C ownership, operand rounding and cluster exchange
+// included (tests/test_kernel_on_cpu.py). The mbarrier exchange is not emulated.
+//
+//   torch.ops.fused_rnn_emulation.resident_mma_kernel(buf, y, h_in, w_hh, relu, backward, clusters,
+//       order, seed) -> (buf, h_out, plan)
+//     As resident_kernel (resident_kernel_on_cpu.cpp), for float16, bfloat16 or float32 (TF32)
+//     CPU tensors; plan: [tiling, KT, KP, CTAs per cluster, warps per CTA].
+#include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/mma_layout.h"
+#include "cuda/rec_params.h"
+
+// Last: it defines CUDA's qualifiers as macros.
+#include "cuda_on_cpu_builtins.h"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+// The kernel's dynamic shared memory (`extern __shared__ unsigned state_words[]`, in the kernel's
+// unnamed namespace), up to sm_90's 227 KB.
+constexpr size_t kSmemCapacity = 227 * 1024;
+__attribute__((aligned(16))) unsigned state_words[kSmemCapacity / sizeof(unsigned)];
+}  // namespace
+}  // namespace cuda
+}  // namespace fused_rnn
+
+#include "cuda/resident_mma_kernel.cuh"
+
+namespace fused_rnn {
+namespace {
+
+constexpr int64_t kGuard = 64;
+constexpr double kGuardValue = -7.25;
+
+struct Guarded {
+  at::Tensor all;
+  int64_t n;
+  Guarded(int64_t numel, at::ScalarType dtype, double fill) : n(numel) {
+    all = at::full({numel + 2 * kGuard}, kGuardValue, at::TensorOptions().dtype(dtype));
+    all.narrow(0, kGuard, numel).fill_(fill);
+  }
+  at::Tensor inner() const { return all.narrow(0, kGuard, n); }
+  void check(const char* name) const {
+    const at::Tensor bands = at::cat({all.narrow(0, 0, kGuard), all.narrow(0, kGuard + n, kGuard)});
+    TORCH_CHECK(bands.eq(kGuardValue).all().item<bool>(), "tensor-core kernel on the CPU: wrote outside ", name);
+  }
+};
+
+unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::state_words); }
+
+// The launch resident_mma_cuda.cu makes for tiling Tl (the barrier exchange).
+template <typename scalar_t, class Tl, bool Backward>
+void run(const cuda::RecParams& p, cuda_on_cpu::Order order, uint64_t seed, std::vector<int64_t>& plan) {
+  const int tiles = static_cast<int>((p.B + mma::kBatchTile - 1) / mma::kBatchTile);
+  const int warps = Tl::KP == 1 && Tl::C == 1 ? mma::warps_for(p.H) : Tl::kWarps;
+  cuda_on_cpu::LaunchConfig config;
+  config.grid = {static_cast<unsigned>(Tl::C * tiles), static_cast<unsigned>(p.D), 1};
+  config.block = {static_cast<unsigned>(warps * mma::kWarp), 1, 1};
+  config.smem_bytes = Tl::smem_bytes();
+  config.cluster = Tl::C;
+  cuda_on_cpu::launch(
+      config, [&] { cuda::resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward>(p); },
+      cuda_on_cpu::SharedMemory{smem_base, cuda::kSmemCapacity}, order, seed);
+  plan = {Tl::KT, Tl::KP, Tl::C, warps};
+}
+
+// The tiling resident_mma_cuda.cu takes for H and scalar_t; plan: [tiling, KT, KP, C, warps].
+template <typename scalar_t>
+void run_typed(const cuda::RecParams& p, bool clusters, cuda_on_cpu::Order order, uint64_t seed,
+               std::vector<int64_t>& plan) {
+  using S = typename cuda::Operand<scalar_t>::Shape;
+  const int tiling = mma::tiling_for<S>(p.H, clusters);
+  TORCH_CHECK(tiling >= 0, "H = ", p.H, " is beyond the tensor-core kernels");
+  mma::with_tiling<S>(tiling, [&](auto t) {
+    using Tl = decltype(t);
+    if (p.backward) {
+      run<scalar_t, Tl, true>(p, order, seed, plan);
+    } else {
+      run<scalar_t, Tl, false>(p, order, seed, plan);
+    }
+  });
+  plan.insert(plan.begin(), tiling);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_cpu(
+    const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
+    bool backward, bool clusters, const std::string& order, int64_t seed) {
+  TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
+  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
+  TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
+                  N % B == 0,
+              "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
+  const at::ScalarType st = buf.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat, "float16, bfloat16 or float32 (TF32)");
+  for (const at::Tensor* t : {&buf, &h_in, &w_hh}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == st, "CPU tensors of one dtype");
+  }
+  TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == st), "BPTT: y [T*B, D*H] like buf");
+  const cuda_on_cpu::Order ord = order == "ascending"    ? cuda_on_cpu::Order::Ascending
+                                 : order == "descending" ? cuda_on_cpu::Order::Descending
+                                                         : cuda_on_cpu::Order::Shuffled;
+  const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
+  Guarded out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
+  out.inner().copy_(buf.reshape(-1));
+  const cuda::RecParams p{out.inner().data_ptr(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
+                          hout.inner().data_ptr(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  std::vector<int64_t> plan;
+  switch (st) {
+    case at::kHalf: run_typed<c10::Half>(p, clusters, ord, uint64_t(seed), plan); break;
+    case at::kBFloat16: run_typed<c10::BFloat16>(p, clusters, ord, uint64_t(seed), plan); break;
+    default: run_typed<float>(p, clusters, ord, uint64_t(seed), plan); break;
+  }
+  out.check("buf");
+  hout.check("h_out");
+  return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}), plan};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fused_rnn_emulation, m) {
+  m.def(
+      "resident_mma_kernel(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, "
+      "bool clusters, str order, int seed) -> (Tensor, Tensor, int[])",
+      &resident_mma_kernel_on_cpu);
+}
+
+}  // namespace fused_rnn
