@@ -22,9 +22,11 @@ constexpr size_t kStackCanary = 1024;      // bytes at the stack's far end that 
 constexpr unsigned char kCanary = 0xA5;
 constexpr unsigned char kSmemFill = 0xFF;  // a NaN in float, double, half and bfloat16
 constexpr unsigned kWarp = 32;
+constexpr size_t kMmaWords = 10;  // a lane's mma.sync operands: a[4], b[2], c[4]
 
-// Where a thread waits: a barrier of its CTA, its warp (a shuffle), its cluster or the grid.
-enum class Scope { Block, Warp, Cluster, Grid };
+// Where a thread waits: a barrier of its CTA, its warp (a shuffle), its cluster or the grid, or an
+// mbarrier phase that has not completed yet (Spin: it tries again when next resumed).
+enum class Scope { Block, Warp, Cluster, Grid, Spin };
 
 struct CopyAsync {
   void* dst;
@@ -42,6 +44,7 @@ struct Fiber {
   int line = 0;
   std::vector<CopyAsync> open_group;                 // cp.async copies not yet committed
   std::vector<std::vector<CopyAsync>> groups;        // committed, not yet complete (oldest first)
+  bool retrying = false;                             // resumed from Spin to try its mbarrier again
 };
 
 const char* scope_name(Scope s) {
@@ -50,6 +53,7 @@ const char* scope_name(Scope s) {
     case Scope::Warp: return "a warp shuffle";
     case Scope::Cluster: return "cluster.sync()";
     case Scope::Grid: return "grid.sync()";
+    case Scope::Spin: return "an mbarrier wait";
   }
   return "";
 }
@@ -73,9 +77,7 @@ struct LaunchState {
   std::vector<std::vector<unsigned char>> saved;    // co-scheduled launches: each CTA's shared memory
   size_t running = 0;                               // the CTA whose shared memory is smem.base()
   Cta* cta = nullptr;                               // the CTA whose fiber runs
-  // warp shuffles: two sets of 32 words per warp, taken in turn by a lane's successive shuffles
-  std::vector<uint32_t> shfl;
-  std::vector<uint32_t> mma;  // mma.sync: two sets of 32 lanes' fragments per warp
+  uint64_t progress = 0;      // counts every step any thread takes other than a failed mbarrier retry
   std::string error;  // a rule a thread broke (found inside the fiber, thrown by the scheduler)
 };
 thread_local LaunchState* current = nullptr;  // the launch running on this OS thread
@@ -91,6 +93,8 @@ class Cta {
     const size_t n = size_t(bd.x) * bd.y * bd.z;
     fibers_.resize(n);
     shfl_turn_.assign(n, 0);
+    shfl_.assign(2 * (n + kWarp), 0);
+    mma_.assign(2 * (n + kWarp) * kMmaWords, 0);
     for (size_t i = 0; i < n; ++i) {
       Fiber& f = fibers_[i];
       f.idx = Dim3{unsigned(i % bd.x), unsigned(i / bd.x % bd.y), unsigned(i / (size_t(bd.x) * bd.y))};
@@ -110,25 +114,43 @@ class Cta {
   size_t thread() const { return running_; }
   ucontext_t* scheduler() { return &scheduler_; }
   bool exited() const { return done_; }
-  // The barrier every thread waits at, after resume() returned with the CTA not exited.
+  // After resume(): some threads wait on an mbarrier (the CTA goes on once a peer's stores land).
+  bool stalled() const { return stalled_; }
+  // The barrier every thread waits at, after resume() returned with the CTA neither exited nor stalled.
   const Fiber& waiting() const { return *waiting_; }
   uint32_t& shfl_turn(size_t thread) { return shfl_turn_[thread]; }
+  // The words a shuffle or an mma.sync of warp `warp` exchanges: two sets per warp, taken in turn by
+  // a lane's successive warp-synchronous operations (the CTA's own: a CTA may be swapped out with a
+  // shuffle half done).
+  uint32_t* shfl_words(size_t warp, uint32_t turn) { return shfl_.data() + (2 * warp + (turn & 1)) * kWarp; }
+  uint32_t* mma_words(size_t warp, uint32_t turn) { return mma_.data() + (2 * warp + (turn & 1)) * kWarp * kMmaWords; }
 
-  void resume(Order order) {
+  // Runs the threads until every one has exited, waits at a barrier beyond the CTA (cluster, grid),
+  // or some wait on an mbarrier. released: the launch has released the cluster or grid barrier the
+  // threads wait at.
+  void resume(Order order, bool released) {
     const size_t n = fibers_.size();
     std::vector<size_t> perm(n);
     std::iota(perm.begin(), perm.end(), size_t(0));
     if (order == Order::Descending) std::reverse(perm.begin(), perm.end());
     for (Fiber& f : fibers_) {
-      if (f.state == Fiber::Waiting) f.state = Fiber::Ready;
+      if (f.state != Fiber::Waiting) continue;
+      if (f.scope == Scope::Spin || (released && (f.scope == Scope::Cluster || f.scope == Scope::Grid))) {
+        f.retrying = f.scope == Scope::Spin;
+        f.state = Fiber::Ready;
+      }
     }
     for (;;) {
       if (order == Order::Shuffled) std::shuffle(perm.begin(), perm.end(), rng_);
       for (size_t i : perm) {
-        if (fibers_[i].state != Fiber::Ready) continue;
+        Fiber& f = fibers_[i];
+        if (f.state != Fiber::Ready) continue;
         running_ = i;
-        swapcontext(&scheduler_, &fibers_[i].context);
+        const bool retry = f.retrying;
+        f.retrying = false;
+        swapcontext(&scheduler_, &f.context);
         if (!current->error.empty()) fail(current->error);
+        if (!(retry && f.state == Fiber::Waiting && f.scope == Scope::Spin)) ++current->progress;
       }
       // Every thread now waits or has exited.
       for (const Fiber& f : fibers_) {
@@ -140,6 +162,9 @@ class Cta {
         }
       }
       if (release_warps()) continue;
+      stalled_ = std::any_of(fibers_.begin(), fibers_.end(),
+                             [](const Fiber& f) { return f.state == Fiber::Waiting && f.scope == Scope::Spin; });
+      if (stalled_) return;  // the launch resumes it once others have run
       waiting_ = nullptr;
       size_t exited = 0;
       for (const Fiber& f : fibers_) {
@@ -161,6 +186,7 @@ class Cta {
       }
       if (waiting_->scope != Scope::Block) return;  // a barrier beyond the CTA: the launch decides
       for (Fiber& f : fibers_) f.state = Fiber::Ready;
+      ++current->progress;
     }
   }
 
@@ -178,14 +204,18 @@ class Cta {
         if (fibers_[i].state == Fiber::Waiting && fibers_[i].scope == Scope::Warp) shuffling = &fibers_[i];
       }
       if (shuffling == nullptr) continue;
+      bool all_there = true;
       for (size_t i = w0; i < w1; ++i) {
         const Fiber& f = fibers_[i];
-        if (f.state == Fiber::Exited || !same_place(f, *shuffling)) {
+        if (f.state == Fiber::Waiting && f.scope == Scope::Spin) {
+          all_there = false;  // it may get there once its mbarrier completes
+        } else if (f.state == Fiber::Exited || !same_place(f, *shuffling)) {
           fail("thread " + std::to_string(i) + " " + (f.state == Fiber::Exited ? "has exited" : "waits at " + where(f)) +
                " while its warp's lanes wait at " + where(*shuffling));
         }
       }
       if (w1 - w0 != kWarp) fail("a warp shuffle in a partial warp");
+      if (!all_there) continue;
       for (size_t i = w0; i < w1; ++i) fibers_[i].state = Fiber::Ready;
       released = true;
     }
@@ -204,10 +234,12 @@ class Cta {
   std::mt19937_64 rng_;
   std::vector<Fiber> fibers_;
   std::vector<uint32_t> shfl_turn_;
+  std::vector<uint32_t> shfl_, mma_;
   ucontext_t scheduler_;
   size_t running_ = 0;
   const Fiber* waiting_ = nullptr;
   bool done_ = false;
+  bool stalled_ = false;
 };
 
 LaunchState& launch_state() {
@@ -254,39 +286,47 @@ const std::vector<size_t>& ordered(std::vector<size_t>& v, Order order, std::mt1
 }
 
 // Runs a co-scheduled launch (cooperative, or in clusters): every CTA in turn, its shared memory
-// swapped in, until it waits at a cluster or grid barrier or exits; then every such barrier whose
-// CTAs all wait at it is released, until every CTA has exited.
+// swapped in, until it waits at a cluster or grid barrier, waits on an mbarrier, or exits; then
+// every cluster or grid barrier whose CTAs all wait at it is released, until every CTA has exited.
+// A round in which no thread takes a step is a deadlock.
 void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Order order, uint64_t seed) {
   const LaunchConfig& config = *st.config;
   const size_t n = st.idx.size();
   std::vector<std::unique_ptr<Cta>> ctas;
   for (size_t i = 0; i < n; ++i) ctas.emplace_back(new Cta(config, kernel, st.idx[i], seed));
   st.saved.assign(n, std::vector<unsigned char>(st.smem.capacity, kSmemFill));
+  std::vector<char> released(n, 0);
   unsigned char* shared = st.smem.base();
   std::mt19937_64 rng(seed);
   std::vector<size_t> turn(n);
   for (;;) {
+    const uint64_t progress = st.progress;
     std::iota(turn.begin(), turn.end(), size_t(0));
     for (size_t i : ordered(turn, order, rng)) {
       if (ctas[i]->exited()) continue;
       std::memcpy(shared, st.saved[i].data(), st.smem.capacity);
       st.running = i;
       st.cta = ctas[i].get();
-      ctas[i]->resume(order);
+      ctas[i]->resume(order, released[i] != 0);
+      released[i] = 0;
       st.cta = nullptr;
       check_smem_tail(*ctas[i], shared, st.smem);
       std::memcpy(st.saved[i].data(), shared, st.smem.capacity);
     }
-    // Each group of CTAs that a barrier joins (the cluster, or the grid) waits at one place.
-    bool any_waiting = false;
+    // Each group of CTAs that a barrier joins (the cluster, or the grid) is released once all of
+    // them wait at one place.
+    bool active = false;
     const size_t group = config.cooperative ? n : config.cluster;
     for (size_t g0 = 0; g0 < n; g0 += group) {
       const Cta* waiting = nullptr;
       const Cta* exited = nullptr;
+      bool stalled = false;
       for (size_t i = g0; i < g0 + group; ++i) {
         const Cta& c = *ctas[i];
         if (c.exited()) {
           exited = &c;
+        } else if (c.stalled()) {
+          stalled = true;
         } else if (waiting == nullptr) {
           waiting = &c;
         } else if (!same_place(c.waiting(), waiting->waiting())) {
@@ -294,16 +334,25 @@ void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Orde
                  where(waiting->waiting()));
         }
       }
-      if (waiting == nullptr) continue;
-      any_waiting = true;
+      if (waiting == nullptr && !stalled) continue;  // the group has exited
+      active = true;
+      if (waiting == nullptr || stalled) continue;  // not all there yet
       const Scope scope = waiting->waiting().scope;
       if (scope == Scope::Grid && !config.cooperative) waiting->fail(where(waiting->waiting()) + " in a launch that is not cooperative");
       if (scope == Scope::Cluster && config.cluster == 1) waiting->fail(where(waiting->waiting()) + " in a launch without clusters");
       if (exited != nullptr) {
         waiting->fail(where(waiting->waiting()) + " never completes: " + cta_name(exited->idx()) + " has exited");
       }
+      for (size_t i = g0; i < g0 + group; ++i) released[i] = 1;
+      ++st.progress;
     }
-    if (!any_waiting) return;
+    if (!active) return;
+    if (st.progress == progress) {
+      for (const auto& c : ctas) {
+        if (c->stalled()) c->fail("deadlock: its threads wait on an mbarrier phase that never completes");
+      }
+      throw std::runtime_error("cuda_on_cpu: deadlock");
+    }
   }
 }
 
@@ -324,7 +373,7 @@ uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, const char* file
   if (lane_mask < 0 || lane_mask >= int(kWarp)) fiber_fail("a shuffle lane mask out of range");
   const size_t t = cta.thread(), lane = t % kWarp, warp = t / kWarp;
   uint32_t& turn = cta.shfl_turn(t);
-  uint32_t* words = st.shfl.data() + 2 * kWarp * warp + kWarp * (turn & 1);  // this shuffle's set
+  uint32_t* words = cta.shfl_words(warp, turn);
   ++turn;
   words[lane] = value;
   wait_at(Scope::Warp, file, line);  // every lane has written its word
@@ -367,9 +416,9 @@ void mma_sync(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, 
   LaunchState& st = launch_state();
   Cta& cta = *st.cta;
   const size_t t = cta.thread(), lane = t % kWarp, warp = t / kWarp;
-  constexpr size_t kWords = 10;  // a[4], b[2], c[4]
+  constexpr size_t kWords = kMmaWords;
   uint32_t& turn = cta.shfl_turn(t);
-  uint32_t* set = st.mma.data() + (2 * warp + (turn & 1)) * kWarp * kWords;
+  uint32_t* set = cta.mma_words(warp, turn);
   ++turn;
   uint32_t* mine = set + lane * kWords;
   for (int r = 0; r < 4; ++r) mine[r] = a[r];
@@ -431,22 +480,88 @@ unsigned cluster_rank() {
   return st.cta->idx().x % st.config->cluster;
 }
 
-void store_in_cluster_cta(void* local, const void* value, size_t bytes, unsigned rank) {
+
+namespace {
+
+// The shared memory of the cluster's CTA `rank` (this CTA's own, or a peer's saved copy), at the
+// offset of `local` in this CTA's, for `bytes` bytes.
+unsigned char* in_cluster_cta(const void* local, size_t bytes, unsigned rank) {
   LaunchState& st = launch_state();
-  const Cta& cta = *st.cta;
   const unsigned c = st.config->cluster;
-  if (rank >= c) fiber_fail("a distributed shared-memory store to rank " + std::to_string(rank) + " of a cluster of " + std::to_string(c));
-  const ptrdiff_t offset = static_cast<unsigned char*>(local) - st.smem.base();
+  if (rank >= c) fiber_fail("a distributed shared-memory access to rank " + std::to_string(rank) + " of a cluster of " + std::to_string(c));
+  const ptrdiff_t offset = static_cast<const unsigned char*>(local) - st.smem.base();
   if (offset < 0 || size_t(offset) + bytes > st.config->smem_bytes) {
-    fiber_fail("a distributed shared-memory store outside the launch's shared memory");
+    fiber_fail("a distributed shared-memory access outside the launch's shared memory");
   }
-  if (c == 1 || st.saved.empty()) {
-    std::memcpy(local, value, bytes);
-    return;
+  const size_t peer = st.running - st.cta->idx().x % c + rank;  // CTAs of a cluster: consecutive x
+  unsigned char* base = c == 1 || st.saved.empty() || peer == st.running ? st.smem.base() : st.saved[peer].data();
+  return base + offset;
+}
+
+// The emulation's state of an mbarrier, in its 8 bytes.
+struct Mbarrier {
+  uint16_t pending, arrivals;  // arrivals: per phase; the phase parity in arrivals' top bit
+  int32_t tx;
+  unsigned phase() const { return arrivals >> 15; }
+  void complete_if_done() {
+    if (pending == 0 && tx == 0) {
+      arrivals ^= 0x8000u;
+      pending = arrivals & 0x7fffu;
+    }
   }
-  const size_t peer = st.running - cta.idx().x % c + rank;  // CTAs of a cluster: consecutive x
-  unsigned char* base = peer == st.running ? st.smem.base() : st.saved[peer].data();
-  std::memcpy(base + offset, value, bytes);
+};
+static_assert(sizeof(Mbarrier) == 8, "an mbarrier is 64 bits");
+
+Mbarrier load_mbarrier(const void* p) {
+  Mbarrier m;
+  std::memcpy(&m, p, sizeof m);
+  return m;
+}
+void store_mbarrier(void* p, const Mbarrier& m) { std::memcpy(p, &m, sizeof m); }
+
+}  // namespace
+
+unsigned shared_offset(const void* p) {
+  LaunchState& st = launch_state();
+  const ptrdiff_t offset = static_cast<const unsigned char*>(p) - st.smem.base();
+  if (offset < 0 || size_t(offset) >= st.config->smem_bytes) fiber_fail("a shared-memory address outside the launch's shared memory");
+  return static_cast<unsigned>(offset);
+}
+
+void mbarrier_init(void* bar, unsigned arrivals) {
+  if (arrivals == 0 || arrivals >= 0x8000u) fiber_fail("mbarrier.init with " + std::to_string(arrivals) + " arrivals");
+  store_mbarrier(in_cluster_cta(bar, 8, cluster_rank()), Mbarrier{uint16_t(arrivals), uint16_t(arrivals), 0});
+}
+
+void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
+  unsigned char* p = in_cluster_cta(bar, 8, cluster_rank());
+  Mbarrier m = load_mbarrier(p);
+  if (m.pending == 0) fiber_fail("an mbarrier arrival beyond its count");
+  m.tx += static_cast<int32_t>(bytes);
+  --m.pending;
+  m.complete_if_done();
+  store_mbarrier(p, m);
+}
+
+bool mbarrier_test_wait_parity(unsigned address, unsigned parity) {
+  LaunchState& st = launch_state();
+  if (size_t(address) + 8 > st.config->smem_bytes) fiber_fail("an mbarrier wait outside the launch's shared memory");
+  return load_mbarrier(st.smem.base() + address).phase() != (parity & 1u);
+}
+
+void mbarrier_spin(const char* file, int line) { wait_at(Scope::Spin, file, line); }
+
+void store_async_in_cluster_cta(void* local, uint32_t value, void* local_bar, unsigned rank) {
+  std::memcpy(in_cluster_cta(local, 4, rank), &value, 4);
+  unsigned char* p = in_cluster_cta(local_bar, 8, rank);
+  Mbarrier m = load_mbarrier(p);
+  m.tx -= 4;
+  m.complete_if_done();
+  store_mbarrier(p, m);
+}
+
+void store_in_cluster_cta(void* local, const void* value, size_t bytes, unsigned rank) {
+  std::memcpy(in_cluster_cta(local, bytes, rank), value, bytes);
 }
 
 void launch(const LaunchConfig& config, const std::function<void()>& kernel, SharedMemory smem, Order order,
@@ -466,8 +581,6 @@ void launch(const LaunchConfig& config, const std::function<void()>& kernel, Sha
   LaunchState st;
   st.config = &config;
   st.smem = smem;
-  st.shfl.assign(2 * (threads + kWarp), 0);
-  st.mma.assign(2 * (threads + kWarp) * 10, 0);
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
       for (unsigned x = 0; x < g.x; ++x) st.idx.push_back(Dim3{x, y, z});
@@ -490,7 +603,12 @@ void launch(const LaunchConfig& config, const std::function<void()>& kernel, Sha
     std::memset(shared, kSmemFill, smem.capacity);
     st.running = i;
     st.cta = &cta;
-    cta.resume(order);
+    for (;;) {
+      const uint64_t progress = st.progress;
+      cta.resume(order, false);
+      if (!cta.stalled()) break;
+      if (st.progress == progress) cta.fail("deadlock: its threads wait on an mbarrier phase that never completes");
+    }
     st.cta = nullptr;
     if (!cta.exited()) cta.fail(where(cta.waiting()) + " in a launch that is not cooperative");
     check_smem_tail(cta, shared, smem);

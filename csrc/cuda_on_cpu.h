@@ -27,8 +27,8 @@
 // thread's wait_group lets them complete, so a read of their destination before the wait sees the
 // old contents. mma.sync is a warp rendezvous too (mma_sync below). A cluster launch (LaunchConfig::cluster CTAs along x) runs its CTAs in turns like a
 // cooperative launch, with the cluster barrier, the CTA's rank and stores into a peer CTA's shared
-// memory (distributed shared memory). Votes, mbarriers, ldmatrix and statically sized __shared__
-// arrays (they would be each thread's own) are not provided.
+// memory (distributed shared memory) and mbarriers with st.async (below). Votes, ldmatrix and
+// statically sized __shared__ arrays (they would be each thread's own) are not provided.
 //
 // The dynamic shared memory is an array of the including translation unit, declared by the
 // kernel as `extern __shared__ unsigned char name[]`, defined by the translation unit at namespace
@@ -77,6 +77,21 @@ void wait_group(int n);
 enum class MmaKind { F16, BF16, TF32 };
 void mma_sync(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const char* file,
               int line);
+
+// mbarriers (sm_90) in shared memory, as the PTX ISA describes them: a phase completes when its
+// pending arrivals and its transaction bytes (expect_tx adds, st.async's complete_tx subtracts; the
+// count may go negative first) both reach 0. The 8 bytes of the mbarrier hold the emulation's
+// state. A thread whose wait finds its phase incomplete parks (mbarrier_spin) until the launch
+// resumes it; a round of the launch in which no thread takes a step is a deadlock, reported as an
+// error (the kernel's 20-second trap on a GPU).
+unsigned shared_offset(const void* p);  // __cvta_generic_to_shared: the offset in the CTA's shared memory
+void mbarrier_init(void* bar, unsigned arrivals);
+void mbarrier_arrive_expect_tx(void* bar, unsigned bytes);
+bool mbarrier_test_wait_parity(unsigned address, unsigned parity);  // address: shared_offset(bar)
+void mbarrier_spin(const char* file, int line);
+// st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 into the cluster's CTA `rank`, at the
+// offsets of `local` and `local_bar` in this CTA.
+void store_async_in_cluster_cta(void* local, uint32_t value, void* local_bar, unsigned rank);
 
 // __trap(): stops the launch with an error naming the place.
 [[noreturn]] void trap(const char* file, int line);

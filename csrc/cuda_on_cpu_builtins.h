@@ -56,10 +56,8 @@ inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask, const ch
 inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::fused_rnn::cuda_on_cpu::trap(file, line);
 }
-// A generic → shared address, only ever passed to inline PTX that the CPU execution leaves out.
-inline unsigned __cvta_generic_to_shared(const void* p) {
-  return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p));
-}
+// A generic → shared address: the offset in the CTA's shared memory.
+inline unsigned __cvta_generic_to_shared(const void* p) { return ::fused_rnn::cuda_on_cpu::shared_offset(p); }
 inline unsigned __float_as_uint(float x) { return __builtin_bit_cast(unsigned, x); }
 inline float __uint_as_float(unsigned x) { return __builtin_bit_cast(float, x); }
 

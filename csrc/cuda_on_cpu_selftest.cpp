@@ -21,6 +21,9 @@
 //     "cluster_exchange"   2 CTAs in a cluster: each stores into the other's shared memory, then
 //                          cluster.sync(), then reads its own (correct)
 //     "cluster_no_barrier" the same without the cluster barrier: the result depends on the order
+//     "mbarrier_exchange"  the same exchange with st.async stores completing on the receiver's
+//                          mbarrier (armed for 256 bytes), waited for instead of a cluster barrier
+//     "mbarrier_short"     the receiver's mbarrier armed for 4 bytes more than arrive: a deadlock
 #include <torch/library.h>
 
 #include <string>
@@ -28,7 +31,7 @@
 
 namespace fused_rnn {
 namespace selftest {
-constexpr size_t kSmemCapacity = 1024;
+constexpr size_t kSmemCapacity = 1024;  // bytes
 __attribute__((aligned(16))) unsigned char smem[kSmemCapacity];
 }  // namespace selftest
 }  // namespace fused_rnn
@@ -135,6 +138,24 @@ __global__ void cluster_exchange_kernel(float* out, bool barrier) {
   out[rank * kThreads + i] = smem[i];
 }
 
+__global__ void mbarrier_exchange_kernel(float* out, unsigned expected_bytes) {
+  extern __shared__ unsigned char smem[];
+  float* data = reinterpret_cast<float*>(smem);
+  void* bar = smem + kThreads * sizeof(float);  // after the data
+  const int i = static_cast<int>(threadIdx.x);
+  const unsigned rank = cooperative_groups::this_cluster().block_rank();
+  if (i == 0) cuda_on_cpu::mbarrier_init(bar, 1);
+  cooperative_groups::this_cluster().sync();  // the peer's barrier is initialised
+  if (i == 0) cuda_on_cpu::mbarrier_arrive_expect_tx(bar, expected_bytes);
+  const float v = static_cast<float>(100 * rank + i);
+  cuda_on_cpu::store_async_in_cluster_cta(data + i, __float_as_uint(v), bar, 1 - rank);
+  while (!cuda_on_cpu::mbarrier_test_wait_parity(__cvta_generic_to_shared(bar), 0)) {
+    cuda_on_cpu::mbarrier_spin(__FILE__, __LINE__);
+  }
+  out[rank * kThreads + i] = data[i];
+  cooperative_groups::this_cluster().sync();  // no CTA exits while its peer still stores into it
+}
+
 }  // namespace selftest
 
 namespace {
@@ -179,6 +200,12 @@ std::vector<double> cuda_on_cpu_selftest(const std::string& kernel, const std::s
     config.cluster = 2;
     const bool barrier = kernel == "cluster_exchange";
     body = [&, barrier] { selftest::cluster_exchange_kernel(out.data(), barrier); };
+  } else if (kernel == "mbarrier_exchange" || kernel == "mbarrier_short") {
+    config.grid = Dim3{2, 1, 1};
+    config.cluster = 2;
+    config.smem_bytes = n * sizeof(float) + 8;
+    const unsigned expected = n * sizeof(float) + (kernel == "mbarrier_short" ? 4 : 0);
+    body = [&, expected] { selftest::mbarrier_exchange_kernel(out.data(), expected); };
   } else {
     TORCH_CHECK(false, "cuda_on_cpu_selftest: no kernel ", kernel);
   }

@@ -3,14 +3,15 @@
 // as fibers, warp shuffles as rendezvous, cp.async deferred to its wait, clusters with their barrier
 // and distributed shared memory), on the plan resident_cuda.cu launches (resident_layout.h): tests
 // on machines without a GPU run the kernel itself, shuffles and cluster exchange included
-// (tests/test_kernel_on_cpu.py). The mbarrier exchange (FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier) is
-// not emulated.
+// (tests/test_kernel_on_cpu.py), with either cluster exchange (FUSED_RNN_CUDA_CLUSTER_EXCHANGE).
 //
 //   torch.ops.fused_rnn_emulation.resident_kernel(buf, y, h_in, w_hh, relu, backward, sms, clusters,
-//       order, seed) -> (buf, h_out, plan)
+//       mbarrier, order, seed) -> (buf, h_out, plan)
 //     One layer's recurrence (recurrence.h), uniform batch, float32 CPU tensors: buf [T*B, D*H]
 //     (pre-activations, or g in BPTT), y [T*B, D*H] (BPTT; else empty), h_in [D, B, H], w_hh
 //     [D, H, H]; sms: the SM count the plan assumes; clusters: whether the GPU has them (sm_90);
+//     mbarrier: the mbarrier exchange in clusters (as resident_cuda.cu launches it under
+//     FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), else the cluster barrier;
 //     order, seed: as for recurrence_kernel (recurrence_kernel_on_cpu.cpp). Returns new tensors buf
 //     (h_t or δ_t) and h_out (hy or dh0), and the plan [shape, bt, CTAs per cluster, CTAs].
 //   Buffers lie between guard bands and h_out starts as NaN, as in recurrence_kernel_on_cpu.cpp.
@@ -63,22 +64,22 @@ struct Guarded {
 
 unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::smem4); }
 
-// The launch resident_cuda.cu makes for shape S and batch tile BT (the barrier exchange).
-template <class S, int BT, bool Backward>
+// The launch resident_cuda.cu makes for shape S and batch tile BT.
+template <class S, int BT, bool Backward, bool Mbar>
 void run(const cuda::RecParams& p, cuda_on_cpu::Order order, uint64_t seed) {
   cuda_on_cpu::LaunchConfig config;
   config.grid = {static_cast<unsigned>(S::C * ((p.B + BT - 1) / BT)), static_cast<unsigned>(p.D), 1};
   config.block = {static_cast<unsigned>(S::NT), 1, 1};
-  config.smem_bytes = resident::smem_bytes<S, BT, Backward>();
+  config.smem_bytes = resident::smem_bytes<S, BT, Backward>() + (Mbar ? 2 * sizeof(unsigned long long) : 0);
   config.cluster = S::C;
   cuda_on_cpu::launch(
-      config, [&] { cuda::resident_kernel<S, BT, Backward, false>(p); },
+      config, [&] { cuda::resident_kernel<S, BT, Backward, Mbar>(p); },
       cuda_on_cpu::SharedMemory{smem_base, cuda::kSmemCapacity}, order, seed);
 }
 
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
-    bool backward, int64_t sms, bool clusters, const std::string& order, int64_t seed) {
+    bool backward, int64_t sms, bool clusters, bool mbarrier, const std::string& order, int64_t seed) {
   TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
   TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
@@ -105,11 +106,15 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     resident::with_batch_tile(plan.bt, [&](auto btc) {
       constexpr int BT = decltype(btc)::value;
       if constexpr (BT <= S::MaxBT) {
-        if (backward) {
-          run<S, BT, true>(p, ord, uint64_t(seed));
-        } else {
-          run<S, BT, false>(p, ord, uint64_t(seed));
+        if constexpr (S::C > 1) {
+          if (mbarrier) {
+            backward ? run<S, BT, true, true>(p, ord, uint64_t(seed)) : run<S, BT, false, true>(p, ord, uint64_t(seed));
+            ran = true;
+            return;
+          }
         }
+        TORCH_CHECK(!mbarrier, "the mbarrier exchange is for clusters: H = ", H, " takes one CTA");
+        backward ? run<S, BT, true, false>(p, ord, uint64_t(seed)) : run<S, BT, false, false>(p, ord, uint64_t(seed));
         ran = true;
       }
     });
@@ -126,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
 TORCH_LIBRARY_FRAGMENT(fused_rnn_emulation, m) {
   m.def(
       "resident_kernel(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, int sms, "
-      "bool clusters, str order, int seed) -> (Tensor, Tensor, int[])",
+      "bool clusters, bool mbarrier, str order, int seed) -> (Tensor, Tensor, int[])",
       &resident_kernel_on_cpu);
 }
 

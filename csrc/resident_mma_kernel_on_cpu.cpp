@@ -3,10 +3,10 @@
 // and run on the CPU by cuda_on_cpu.h, whose mma.sync follows the PTX ISA's fragment layouts
 // written out independently of mma_layout.h (the kernel's): tests on machines without a GPU run the
 // kernel itself, its A packing, B loads, C ownership, operand rounding and cluster exchange
-// included (tests/test_kernel_on_cpu.py). The mbarrier exchange is not emulated.
+// included (tests/test_kernel_on_cpu.py), with either cluster exchange (FUSED_RNN_CUDA_CLUSTER_EXCHANGE).
 //
 //   torch.ops.fused_rnn_emulation.resident_mma_kernel(buf, y, h_in, w_hh, relu, backward, clusters,
-//       order, seed) -> (buf, h_out, plan)
+//       mbarrier, order, seed) -> (buf, h_out, plan)
 //     As resident_kernel (resident_kernel_on_cpu.cpp), for float16, bfloat16 or float32 (TF32)
 //     CPU tensors; plan: [tiling, KT, KP, CTAs per cluster, warps per CTA].
 #include <ATen/ops/cat.h>
@@ -58,43 +58,46 @@ struct Guarded {
 
 unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::state_words); }
 
-// The launch resident_mma_cuda.cu makes for tiling Tl (the barrier exchange).
-template <typename scalar_t, class Tl, bool Backward>
+// The launch resident_mma_cuda.cu makes for tiling Tl.
+template <typename scalar_t, class Tl, bool Backward, bool Mbar>
 void run(const cuda::RecParams& p, cuda_on_cpu::Order order, uint64_t seed, std::vector<int64_t>& plan) {
   const int tiles = static_cast<int>((p.B + mma::kBatchTile - 1) / mma::kBatchTile);
   const int warps = Tl::KP == 1 && Tl::C == 1 ? mma::warps_for(p.H) : Tl::kWarps;
   cuda_on_cpu::LaunchConfig config;
   config.grid = {static_cast<unsigned>(Tl::C * tiles), static_cast<unsigned>(p.D), 1};
   config.block = {static_cast<unsigned>(warps * mma::kWarp), 1, 1};
-  config.smem_bytes = Tl::smem_bytes();
+  config.smem_bytes = Tl::smem_bytes() + (Mbar ? 2 * sizeof(unsigned long long) : 0);
   config.cluster = Tl::C;
   cuda_on_cpu::launch(
-      config, [&] { cuda::resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward>(p); },
+      config, [&] { cuda::resident_mma_kernel<scalar_t, Tl::KT, Tl::KP, Tl::C, Backward, Mbar>(p); },
       cuda_on_cpu::SharedMemory{smem_base, cuda::kSmemCapacity}, order, seed);
   plan = {Tl::KT, Tl::KP, Tl::C, warps};
 }
 
 // The tiling resident_mma_cuda.cu takes for H and scalar_t; plan: [tiling, KT, KP, C, warps].
 template <typename scalar_t>
-void run_typed(const cuda::RecParams& p, bool clusters, cuda_on_cpu::Order order, uint64_t seed,
+void run_typed(const cuda::RecParams& p, bool clusters, bool mbarrier, cuda_on_cpu::Order order, uint64_t seed,
                std::vector<int64_t>& plan) {
   using S = typename cuda::Operand<scalar_t>::Shape;
   const int tiling = mma::tiling_for<S>(p.H, clusters);
   TORCH_CHECK(tiling >= 0, "H = ", p.H, " is beyond the tensor-core kernels");
   mma::with_tiling<S>(tiling, [&](auto t) {
     using Tl = decltype(t);
-    if (p.backward) {
-      run<scalar_t, Tl, true>(p, order, seed, plan);
-    } else {
-      run<scalar_t, Tl, false>(p, order, seed, plan);
+    if constexpr (Tl::C > 1) {
+      if (mbarrier) {
+        p.backward ? run<scalar_t, Tl, true, true>(p, order, seed, plan) : run<scalar_t, Tl, false, true>(p, order, seed, plan);
+        return;
+      }
     }
+    TORCH_CHECK(!mbarrier, "the mbarrier exchange is for clusters: H = ", p.H, " takes one CTA");
+    p.backward ? run<scalar_t, Tl, true, false>(p, order, seed, plan) : run<scalar_t, Tl, false, false>(p, order, seed, plan);
   });
   plan.insert(plan.begin(), tiling);
 }
 
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_cpu(
     const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
-    bool backward, bool clusters, const std::string& order, int64_t seed) {
+    bool backward, bool clusters, bool mbarrier, const std::string& order, int64_t seed) {
   TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
   const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
   TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
@@ -116,9 +119,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_
                           hout.inner().data_ptr(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
   std::vector<int64_t> plan;
   switch (st) {
-    case at::kHalf: run_typed<c10::Half>(p, clusters, ord, uint64_t(seed), plan); break;
-    case at::kBFloat16: run_typed<c10::BFloat16>(p, clusters, ord, uint64_t(seed), plan); break;
-    default: run_typed<float>(p, clusters, ord, uint64_t(seed), plan); break;
+    case at::kHalf: run_typed<c10::Half>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
+    case at::kBFloat16: run_typed<c10::BFloat16>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
+    default: run_typed<float>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
   }
   out.check("buf");
   hout.check("h_out");
@@ -130,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_
 TORCH_LIBRARY_FRAGMENT(fused_rnn_emulation, m) {
   m.def(
       "resident_mma_kernel(Tensor buf, Tensor y, Tensor h_in, Tensor w_hh, bool relu, bool backward, "
-      "bool clusters, str order, int seed) -> (Tensor, Tensor, int[])",
+      "bool clusters, bool mbarrier, str order, int seed) -> (Tensor, Tensor, int[])",
       &resident_mma_kernel_on_cpu);
 }
 

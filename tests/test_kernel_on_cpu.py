@@ -5,7 +5,8 @@
     BPTT, packed and bidirectional, float64/32/16 and bfloat16;
   - the opt-in SM-resident float32 kernel (csrc/cuda/resident_kernel.cuh, plan: resident_layout.h):
     every shape, clusters of 2 and 8 CTAs exchanging h through distributed shared memory, warp
-    shuffles, the cp.async prefetch ring;
+    shuffles, the cp.async prefetch ring, and both cluster exchanges (the cluster barrier, or st.async
+    stores completing on mbarriers);
   - the opt-in tensor-core kernel (csrc/cuda/resident_mma_kernel.cuh, tilings: mma_layout.h) for
     float16, bfloat16 and TF32, on an mma.sync whose fragment layouts the runtime writes out from the
     PTX ISA independently of mma_layout.h: one-CTA tilings, k parts and clusters of 2, 4 and 8.
@@ -82,6 +83,16 @@ def test_runtime_shows_a_missing_cluster_barrier_as_an_order_dependent_result():
     ascending, descending = (selftest("cluster_no_barrier", order) for order in ("ascending", "descending"))
     assert all(math.isnan(v) for v in ascending[:64]) and ascending[64:] == [float(i) for i in range(64)]
     assert descending[:64] == [100.0 + i for i in range(64)] and all(math.isnan(v) for v in descending[64:])
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_runtime_completes_mbarrier_phases_on_the_bytes_stored(order):
+    assert selftest("mbarrier_exchange", order) == [100.0 + i for i in range(64)] + [float(i) for i in range(64)]
+
+
+def test_runtime_reports_an_mbarrier_phase_that_never_completes():
+    with pytest.raises(RuntimeError, match="deadlock: its threads wait on an mbarrier phase that never completes"):
+        selftest("mbarrier_short", "ascending")
 
 
 def test_runtime_gives_nan_for_shared_memory_that_no_thread_wrote():
@@ -207,21 +218,27 @@ def test_recurrence_kernel_stops_at_a_bad_argument():
 
 resident_on_cpu = torch.ops.fused_rnn_emulation.resident_kernel
 
-# (T, B, H, D, relu, sms, clusters, expected plan [shape, bt, CTAs per cluster])
+# (T, B, H, D, relu, sms, clusters, mbarrier exchange, expected plan [shape, bt, CTAs per cluster])
 RESIDENT_CASES = [
-    (4, 3, 20, 1, False, 132, True, [0, 1, 1]),     # Shape32
-    (4, 5, 64, 2, True, 132, True, [1, 1, 1]),      # Shape64
-    (3, 9, 100, 1, False, 4, True, [2, 4, 1]),      # Shape128, batch tile 4 (few SMs)
-    (3, 17, 120, 1, True, 2, False, [2, 8, 1]),     # batch tile 8, no clusters (sm_80)
-    (3, 2, 150, 2, False, 132, True, [3, 1, 1]),    # Shape192 (R = 2)
-    (3, 3, 200, 1, True, 4, True, [4, 2, 2]),       # Shape256C2: a cluster of 2, batch tile 2
-    (2, 1, 300, 2, False, 132, True, [5, 1, 8]),    # Shape512C8: a cluster of 8
+    (4, 3, 20, 1, False, 132, True, False, [0, 1, 1]),     # Shape32
+    (4, 5, 64, 2, True, 132, True, False, [1, 1, 1]),      # Shape64
+    (3, 9, 100, 1, False, 4, True, False, [2, 4, 1]),      # Shape128, batch tile 4 (few SMs)
+    (3, 17, 120, 1, True, 2, False, False, [2, 8, 1]),     # batch tile 8, no clusters (sm_80)
+    (3, 2, 150, 2, False, 132, True, False, [3, 1, 1]),    # Shape192 (R = 2)
+    (3, 3, 200, 1, True, 4, True, False, [4, 2, 2]),       # Shape256C2: a cluster of 2, batch tile 2
+    (2, 1, 300, 2, False, 132, True, False, [5, 1, 8]),    # Shape512C8: a cluster of 8
+    (4, 3, 200, 1, False, 4, True, True, [4, 2, 2]),       # the mbarrier exchange (st.async)
+    (3, 2, 300, 1, True, 132, True, True, [5, 1, 8]),
 ]
 
 
-@pytest.mark.parametrize("case", RESIDENT_CASES, ids=[f"T{c[0]}B{c[1]}H{c[2]}D{c[3]}-sms{c[5]}" for c in RESIDENT_CASES])
+def resident_id(c):
+    return f"T{c[0]}B{c[1]}H{c[2]}D{c[3]}-sms{c[5]}{'-mbarrier' if c[7] else ''}"
+
+
+@pytest.mark.parametrize("case", RESIDENT_CASES, ids=[resident_id(c) for c in RESIDENT_CASES])
 def test_resident_kernel_matches_nn_rnn(case):
-    T, B, H, D, relu, sms, clusters, expected = case
+    T, B, H, D, relu, sms, clusters, mbarrier, expected = case
     gen = torch.Generator().manual_seed(H)
     w_hh = torch.randn(D, H, H, generator=gen) / math.sqrt(H)
     h0, pre = torch.randn(D, B, H, generator=gen), torch.randn(T * B, D * H, generator=gen)
@@ -229,7 +246,7 @@ def test_resident_kernel_matches_nn_rnn(case):
     tol = TOLERANCE[torch.float32]
 
     def all_orders(*args):
-        runs = [resident_on_cpu(*args, sms, clusters, order, seed) for seed, order in enumerate(ORDERS)]
+        runs = [resident_on_cpu(*args, sms, clusters, mbarrier, order, seed) for seed, order in enumerate(ORDERS)]
         for buf, h_out, plan in runs[1:]:
             assert torch.equal(buf, runs[0][0]) and torch.equal(h_out, runs[0][1]), "order-dependent result"
         return runs[0]
@@ -253,24 +270,30 @@ mma_on_cpu = torch.ops.fused_rnn_emulation.resident_mma_kernel
 # per step (float16: 2^-11, bfloat16: 2^-8, TF32: 2^-11 relative), as cuDNN's half kernels do.
 MMA_TOLERANCE = {torch.float16: (2e-3, 8e-3), torch.bfloat16: (2e-2, 6e-2), torch.float32: (3e-3, 6e-3)}
 
-# (dtype, T, B, H, D, relu, clusters, expected plan [tiling, KT, KP, CTAs per cluster, warps])
+# (dtype, T, B, H, D, relu, clusters, mbarrier exchange, expected plan [tiling, KT, KP, CTAs per cluster, warps])
 MMA_CASES = [
-    (torch.float16, 3, 3, 20, 1, False, True, [0, 2, 1, 1, 2]),
-    (torch.float16, 3, 9, 64, 2, True, True, [1, 4, 1, 1, 4]),        # two batch tiles of 8
-    (torch.float16, 2, 2, 200, 1, False, True, [4, 16, 1, 1, 13]),
-    (torch.float16, 2, 2, 300, 1, True, True, [5, 16, 2, 4, 16]),     # a cluster of 4, k parts
-    (torch.bfloat16, 3, 5, 48, 2, False, True, [1, 4, 1, 1, 3]),
-    (torch.bfloat16, 2, 2, 300, 1, False, True, [5, 16, 2, 4, 16]),
-    (torch.float32, 3, 3, 20, 1, True, True, [0, 4, 1, 1, 2]),          # TF32
-    (torch.float32, 2, 9, 150, 2, False, False, [3, 24, 1, 1, 10]),
-    (torch.float32, 2, 2, 200, 1, False, True, [4, 16, 2, 2, 16]),      # a cluster of 2
-    (torch.float32, 2, 2, 300, 1, True, True, [5, 16, 4, 8, 16]),       # a cluster of 8
+    (torch.float16, 3, 3, 20, 1, False, True, False, [0, 2, 1, 1, 2]),
+    (torch.float16, 3, 9, 64, 2, True, True, False, [1, 4, 1, 1, 4]),        # two batch tiles of 8
+    (torch.float16, 2, 2, 200, 1, False, True, False, [4, 16, 1, 1, 13]),
+    (torch.float16, 2, 2, 300, 1, True, True, False, [5, 16, 2, 4, 16]),     # a cluster of 4, k parts
+    (torch.float16, 3, 3, 300, 1, False, True, True, [5, 16, 2, 4, 16]),     # st.async of paired words
+    (torch.bfloat16, 3, 5, 48, 2, False, True, False, [1, 4, 1, 1, 3]),
+    (torch.bfloat16, 2, 2, 300, 1, False, True, False, [5, 16, 2, 4, 16]),
+    (torch.float32, 3, 3, 20, 1, True, True, False, [0, 4, 1, 1, 2]),          # TF32
+    (torch.float32, 2, 9, 150, 2, False, False, False, [3, 24, 1, 1, 10]),
+    (torch.float32, 2, 2, 200, 1, False, True, False, [4, 16, 2, 2, 16]),      # a cluster of 2
+    (torch.float32, 2, 2, 300, 1, True, True, False, [5, 16, 4, 8, 16]),       # a cluster of 8
+    (torch.float32, 3, 2, 200, 1, True, True, True, [4, 16, 2, 2, 16]),        # st.async
 ]
 
 
-@pytest.mark.parametrize("case", MMA_CASES, ids=[f"{str(c[0])[6:]}-T{c[1]}B{c[2]}H{c[3]}D{c[4]}" for c in MMA_CASES])
+def mma_id(c):
+    return f"{str(c[0])[6:]}-T{c[1]}B{c[2]}H{c[3]}D{c[4]}{'-mbarrier' if c[7] else ''}"
+
+
+@pytest.mark.parametrize("case", MMA_CASES, ids=[mma_id(c) for c in MMA_CASES])
 def test_tensor_core_kernel_matches_nn_rnn(case):
-    dtype, T, B, H, D, relu, clusters, expected = case
+    dtype, T, B, H, D, relu, clusters, mbarrier, expected = case
     gen = torch.Generator().manual_seed(H + B)
     w_hh = (torch.randn(D, H, H, generator=gen) / math.sqrt(H)).to(dtype)
     h0, pre = torch.randn(D, B, H, generator=gen).to(dtype), torch.randn(T * B, D * H, generator=gen).to(dtype)
@@ -278,7 +301,7 @@ def test_tensor_core_kernel_matches_nn_rnn(case):
     tol, tol_bptt = MMA_TOLERANCE[dtype]
 
     def all_orders(*args):
-        runs = [mma_on_cpu(*args, clusters, order, seed) for seed, order in enumerate(ORDERS)]
+        runs = [mma_on_cpu(*args, clusters, mbarrier, order, seed) for seed, order in enumerate(ORDERS)]
         for buf, h_out, plan in runs[1:]:
             assert torch.equal(buf, runs[0][0]) and torch.equal(h_out, runs[0][1]), "order-dependent result"
         return runs[0]

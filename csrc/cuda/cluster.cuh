@@ -3,8 +3,8 @@
 // cluster_launch.cuh). With C = 1 each is the plain-CTA version, so one kernel body serves both.
 // The cluster kernels are compiled for sm_80 too, where they are never launched (no cluster is
 // planned there) and trap if they were. Under FUSED_RNN_CUDA_ON_CPU (the kernels' CPU execution
-// in tests, cuda_on_cpu.h) the rank, the cluster barrier and the stores are the CPU runtime's; the
-// mbarrier exchange is not emulated and traps there.
+// in tests, cuda_on_cpu.h) the rank, the cluster barrier, the stores and the mbarriers are the CPU
+// runtime's.
 #pragma once
 
 #ifndef FUSED_RNN_CUDA_ON_CPU
@@ -86,16 +86,20 @@ __device__ __forceinline__ void store_in_every_cta(Bits* local, Bits value) {
 // Initialises *bar with one arrival per phase; then mbarrier_init_visible() before the peers may
 // count on it (followed by a cluster barrier).
 __device__ __forceinline__ void mbarrier_init(unsigned long long* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  cuda_on_cpu::mbarrier_init(bar, 1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(bar)))
                : "memory");
 #else
-  (void)bar;  // (sm_80, CPU: never called)
+  (void)bar;  // (sm_80: never called)
   __trap();
 #endif
 }
 __device__ __forceinline__ void mbarrier_init_visible() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  // (the CPU execution's shared memory is coherent: nothing to fence)
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #else
   __trap();
@@ -105,13 +109,15 @@ __device__ __forceinline__ void mbarrier_init_visible() {
 // The arrival of this phase, expecting `bytes` more from st.async stores (which may have landed
 // already: the transaction count goes negative until the arrival).
 __device__ __forceinline__ void mbarrier_expect_bytes(unsigned long long* bar, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  cuda_on_cpu::mbarrier_arrive_expect_tx(bar, bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
                    static_cast<unsigned>(__cvta_generic_to_shared(bar))),
                "r"(bytes)
                : "memory");
 #else
-  (void)bar; (void)bytes;  // (sm_80, CPU: never called)
+  (void)bar; (void)bytes;  // (sm_80: never called)
   __trap();
 #endif
 }
@@ -123,7 +129,9 @@ constexpr unsigned long long kMbarrierWaitLimitNs = 20ull * 1000 * 1000 * 1000;
 // One try: whether the phase of parity `parity` of the barrier at shared address `address` has
 // completed (the hardware may suspend the thread a while before answering no).
 __device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  return cuda_on_cpu::mbarrier_test_wait_parity(address, parity);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   unsigned done = 0;
   asm volatile(
       "{\n\t.reg .pred p;\n\t"
@@ -134,7 +142,7 @@ __device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned par
       : "memory");
   return done != 0;
 #else
-  (void)address; (void)parity;  // (sm_80, CPU: never called)
+  (void)address; (void)parity;  // (sm_80: never called)
   __trap();
   return true;
 #endif
@@ -142,7 +150,10 @@ __device__ __forceinline__ bool mbarrier_try_wait(unsigned address, unsigned par
 
 // static: one copy per translation unit (it is defined in this header and never inlined).
 static __device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigned parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  // a retry once the launch has run the other threads; a wait that never completes is a deadlock
+  while (!mbarrier_try_wait(address, parity)) cuda_on_cpu::mbarrier_spin(__FILE__, __LINE__);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   unsigned long long start, now;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(start));
   while (!mbarrier_try_wait(address, parity)) {
@@ -150,7 +161,7 @@ static __device__ __noinline__ void mbarrier_wait_slow(unsigned address, unsigne
     if (now - start > kMbarrierWaitLimitNs) __trap();
   }
 #else
-  (void)address; (void)parity;  // (sm_80, CPU: never called)
+  (void)address; (void)parity;  // (sm_80: never called)
   __trap();
 #endif
 }
@@ -167,7 +178,9 @@ __device__ __forceinline__ void mbarrier_wait(unsigned long long* bar, unsigned 
 template <int C>
 __device__ __forceinline__ void store_async_in_every_cta(unsigned* local, unsigned value,
                                                          unsigned long long* local_bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_CUDA_ON_CPU)
+  for (int r = 0; r < C; ++r) cuda_on_cpu::store_async_in_cluster_cta(local, value, local_bar, static_cast<unsigned>(r));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
   const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(local_bar));
 #pragma unroll
