@@ -299,7 +299,7 @@ def test_half_gemm_graph_within_cudnn_rule_and_inside_a_user_capture(switch):
         fused_rnn._C.clear_step_graphs()
 
 
-# The SM-resident regime (csrc/cuda/resident_cuda.cu), forced: every shape of resident_layout.h
+# The SM-resident regime (csrc/cuda/resident_kernel.cuh), forced: every shape of resident_layout.h
 # (H up to 32, 64, 128, 192), sizes just past a shape's capacity, batch tiles of 1, 2 and 8 rows on a
 # 132-SM GPU (B = 300 with two directions: 2 rows; B = 5000: 8 rows in waves), long sequences
 # (the prefetch ring wraps many times).
@@ -354,7 +354,7 @@ def test_resident_cluster_regime(H, B, T, nonlinearity, exchange, switch):
     assert ran == ("resident_cluster" if exchange == "barrier" else "resident_cluster_mbarrier")
 
 
-# The tensor-core resident kernel (csrc/cuda/resident_mma_cuda.cu): every tile count (H up to 32,
+# The tensor-core resident kernel (csrc/cuda/resident_mma_kernel.cuh): every tile count (H up to 32,
 # 64, 128, 192, 256), H not a multiple of 16, one partial and several batch tiles of 8 rows.
 RESIDENT_MMA_CASES = [(1, 1, 6), (17, 9, 6), (64, 300, 5), (100, 3, 200), (129, 8, 6), (192, 17, 4), (256, 64, 4)]
 # ... and its clusters with k parts (sm_90): 4 CTAs up to H = 512, 16 CTAs up to 1024 (an odd H: the

@@ -1,4 +1,4 @@
-// Thread-block clusters (sm_90) for the resident kernels (resident_kernel.cuh, resident_mma_cuda.cu):
+// Thread-block clusters (sm_90) for the resident kernels (resident_kernel.cuh, resident_mma_kernel.cuh):
 // the CTA's rank, the per-step barrier and the stores into the peers' shared memory (the launch:
 // cluster_launch.cuh). With C = 1 each is the plain-CTA version, so one kernel body serves both.
 // The cluster kernels are compiled for sm_80 too, where they are never launched (no cluster is
@@ -197,8 +197,8 @@ __device__ __forceinline__ void store_async_in_every_cta(unsigned* local, unsign
 #endif
 }
 
-// The double-buffered state of the resident cluster kernels on mbarriers (resident_cuda.cu,
-// resident_mma_cuda.cu): state[s] lies in buffer s & 1 and barrier bars[q] counts the stores into
+// The double-buffered state of the resident cluster kernels on mbarriers (resident_kernel.cuh,
+// resident_mma_kernel.cuh): state[s] lies in buffer s & 1 and barrier bars[q] counts the stores into
 // buffer q. Step s reads state[s], which step s - 1 filled (phase (s - 1) / 2 of its barrier), and
 // fills state[s + 1]; state[0] is each CTA's own (h0, or zeros), filled before the first cluster
 // barrier.

@@ -1,4 +1,4 @@
-// Thread → data mapping of the tensor-core resident recurrence (resident_mma_cuda.cu), written once
+// Thread → data mapping of the tensor-core resident recurrence (resident_mma_kernel.cuh), written once
 // and compiled twice: by nvcc for the kernel and by the host compiler for its CPU emulation
 // (resident_emulation.cpp, tests/test_resident_mapping.py), like resident_layout.h.
 //

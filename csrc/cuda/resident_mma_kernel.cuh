@@ -148,7 +148,7 @@ __device__ __forceinline__ void store_async_everywhere(unsigned* word, unsigned 
 }
 
 // Mbar (clusters only): the step's exchange completes on mbarriers instead of a cluster barrier
-// (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), as in resident_cuda.cu.
+// (cluster.cuh; FUSED_RNN_CUDA_CLUSTER_EXCHANGE=mbarrier), as in resident_kernel.cuh.
 template <typename scalar_t, int KT, int KP, int CL, bool Backward, bool Mbar = false>
 __global__ void __launch_bounds__(Tiling<typename Operand<scalar_t>::Shape, KT, KP, CL>::kWarps * kWarp, 1)
     resident_mma_kernel(const RecParams p) {
