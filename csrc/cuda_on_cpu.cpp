@@ -358,6 +358,13 @@ void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Orde
 
 }  // namespace
 
+Order order_named(const std::string& name) {
+  if (name == "ascending") return Order::Ascending;
+  if (name == "descending") return Order::Descending;
+  if (name == "shuffled") return Order::Shuffled;
+  throw std::invalid_argument("order must be ascending, descending or shuffled, got " + name);
+}
+
 const Dim3& thread_idx() { return current_fiber().idx; }
 const Dim3& block_idx() { return launch_state().cta->idx(); }
 const Dim3& block_dim() { return launch_state().config->block; }

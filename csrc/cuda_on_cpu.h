@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace fused_rnn {
 namespace cuda_on_cpu {
@@ -102,6 +103,8 @@ unsigned cluster_rank();
 void store_in_cluster_cta(void* local, const void* value, size_t bytes, unsigned rank);
 
 enum class Order { Ascending, Descending, Shuffled };
+// "ascending", "descending" or "shuffled"; throws std::invalid_argument on another name.
+Order order_named(const std::string& name);
 
 struct LaunchConfig {
   Dim3 grid, block;

@@ -19,8 +19,6 @@
 //   that must stay untouched, and h_out and the scratch state start as NaN, so that an element the
 //   kernel fails to write, or reads before writing, shows in the result.
 #include <ATen/Dispatch.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/full.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -28,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "guarded_buffer.h"
 #include "step_layout.h"
 
 namespace fused_rnn {
@@ -46,33 +45,7 @@ __attribute__((aligned(16))) unsigned char smem[kSmemCapacity];
 namespace fused_rnn {
 namespace {
 
-constexpr int64_t kGuard = 64;  // elements of guard band on each side of a buffer
-constexpr double kGuardValue = -7.25;  // exact in every floating dtype
-
 unsigned char* smem_base() { return cuda::smem; }
-
-// A flat buffer with guard bands: data() is where the kernel's tensor begins.
-struct Guarded {
-  at::Tensor all;
-  int64_t n;
-  Guarded(int64_t numel, at::ScalarType dtype, double fill) : n(numel) {
-    all = at::full({numel + 2 * kGuard}, kGuardValue, at::TensorOptions().dtype(dtype));
-    all.narrow(0, kGuard, numel).fill_(fill);
-  }
-  at::Tensor inner() const { return all.narrow(0, kGuard, n); }
-  void* data() const { return inner().data_ptr(); }
-  void check(const char* name) const {
-    const at::Tensor bands = at::cat({all.narrow(0, 0, kGuard), all.narrow(0, kGuard + n, kGuard)});
-    TORCH_CHECK(bands.eq(kGuardValue).all().item<bool>(), "recurrence kernel on the CPU: wrote outside ", name);
-  }
-};
-
-cuda_on_cpu::Order parse_order(const std::string& order) {
-  if (order == "ascending") return cuda_on_cpu::Order::Ascending;
-  if (order == "descending") return cuda_on_cpu::Order::Descending;
-  TORCH_CHECK(order == "shuffled", "order must be ascending, descending or shuffled, got ", order);
-  return cuda_on_cpu::Order::Shuffled;
-}
 
 // Every launch of plan k, by the instantiation <T, BT, M, Backward>, as launch_recurrence makes them.
 template <typename T, int BT, cuda::Mode M, bool Backward>
@@ -140,17 +113,17 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> recurrence_kernel_on_cp
               "BPTT: y [N, D*H] like buf");
   TORCH_CHECK(sms > 0 && smem_optin > 0 && size_t(smem_optin) <= cuda::kSmemCapacity,
               "sms > 0 and 0 < smem_optin <= ", cuda::kSmemCapacity);
-  const cuda_on_cpu::Order ord = parse_order(order);
+  const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
   const StepLayout lay(batch_sizes.value_or(at::Tensor()), N, B);
   const std::vector<int64_t> table = lay.uniform() ? std::vector<int64_t>() : lay.host_table();
   const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
   const cuda::DeviceAttributes dev{static_cast<int>(sms), static_cast<int>(smem_optin), 1, 9};
   const int64_t steps = lay.T + (backward ? 1 : 0);
 
-  Guarded out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
+  GuardedBuffer out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
   out.inner().copy_(buf.reshape(-1));
   const at::ScalarType acc = st == at::kDouble ? at::kDouble : at::kFloat;
-  Guarded scratch((backward ? 3 : 2) * D * B * H, acc, NAN);
+  GuardedBuffer scratch((backward ? 3 : 2) * D * B * H, acc, NAN);
   std::vector<int64_t> plan;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "recurrence_kernel_on_cpu", [&] {
     const cuda::KernelPlan k = make_plan<scalar_t>(regime, H, B, D, steps, dev);
@@ -165,9 +138,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> recurrence_kernel_on_cp
     plan = {static_cast<int64_t>(k.mode), k.bt, k.ctas, k.dirs, k.threads, static_cast<int64_t>(k.smem),
             k.launch.J, k.launch.C, k.launch.NBG, k.launch.KT};
   });
-  out.check("buf");
-  hout.check("h_out");
-  scratch.check("the scratch state");
+  out.check("recurrence kernel", "buf");
+  hout.check("recurrence kernel", "h_out");
+  scratch.check("recurrence kernel", "the scratch state");
   return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}), plan};
 }
 

@@ -15,8 +15,6 @@
 //     order, seed: as for recurrence_kernel (recurrence_kernel_on_cpu.cpp). Returns new tensors buf
 //     (h_t or δ_t) and h_out (hy or dh0), and the plan [shape, bt, CTAs per cluster, CTAs].
 //   Buffers lie between guard bands and h_out starts as NaN, as in recurrence_kernel_on_cpu.cpp.
-#include <ATen/ops/cat.h>
-#include <ATen/ops/full.h>
 #include <torch/library.h>
 
 #include <string>
@@ -25,6 +23,7 @@
 
 #include "cuda/rec_params.h"
 #include "cuda/resident_layout.h"
+#include "guarded_buffer.h"
 
 // Last: it defines CUDA's qualifiers as macros.
 #include "cuda_on_cpu_builtins.h"
@@ -44,23 +43,6 @@ float4 smem4[kSmemCapacity / sizeof(float4)];
 
 namespace fused_rnn {
 namespace {
-
-constexpr int64_t kGuard = 64;
-constexpr double kGuardValue = -7.25;
-
-struct Guarded {
-  at::Tensor all;
-  int64_t n;
-  Guarded(int64_t numel, double fill) : n(numel) {
-    all = at::full({numel + 2 * kGuard}, kGuardValue, at::TensorOptions().dtype(at::kFloat));
-    all.narrow(0, kGuard, numel).fill_(fill);
-  }
-  at::Tensor inner() const { return all.narrow(0, kGuard, n); }
-  void check(const char* name) const {
-    const at::Tensor bands = at::cat({all.narrow(0, 0, kGuard), all.narrow(0, kGuard + n, kGuard)});
-    TORCH_CHECK(bands.eq(kGuardValue).all().item<bool>(), "resident kernel on the CPU: wrote outside ", name);
-  }
-};
 
 unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::smem4); }
 
@@ -89,17 +71,15 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, "float32 CPU tensors");
   }
   TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == at::kFloat), "BPTT: y [T*B, D*H] like buf");
-  const cuda_on_cpu::Order ord = order == "ascending"    ? cuda_on_cpu::Order::Ascending
-                                 : order == "descending" ? cuda_on_cpu::Order::Descending
-                                                         : cuda_on_cpu::Order::Shuffled;
+  const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
   const resident::Plan plan = resident::plan(H, B, D, static_cast<int>(sms), clusters);
   TORCH_CHECK(plan.shape >= 0, "H = ", H, " is beyond the resident kernels");
 
   const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
-  Guarded out(N * D * H, 0.0), hout(D * B * H, NAN);
+  GuardedBuffer out(N * D * H, at::kFloat, 0.0), hout(D * B * H, at::kFloat, NAN);
   out.inner().copy_(buf.reshape(-1));
-  const cuda::RecParams p{out.inner().data_ptr(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
-                          hout.inner().data_ptr(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  const cuda::RecParams p{out.data(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
+                          hout.data(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
   bool ran = false;
   resident::with_shape(plan.shape, [&](auto shape) {
     using S = decltype(shape);
@@ -120,8 +100,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     });
   });
   TORCH_CHECK(ran, "the plan's batch tile ", plan.bt, " exceeds its shape's");
-  out.check("buf");
-  hout.check("h_out");
+  out.check("resident kernel", "buf");
+  hout.check("resident kernel", "h_out");
   return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}),
           std::vector<int64_t>{plan.shape, plan.bt, plan.cluster, plan.ctas}};
 }

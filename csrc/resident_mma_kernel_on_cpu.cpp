@@ -9,8 +9,6 @@
 //       mbarrier, order, seed) -> (buf, h_out, plan)
 //     As resident_kernel (resident_kernel_on_cpu.cpp), for float16, bfloat16 or float32 (TF32)
 //     CPU tensors; plan: [tiling, KT, KP, CTAs per cluster, warps per CTA].
-#include <ATen/ops/cat.h>
-#include <ATen/ops/full.h>
 #include <torch/library.h>
 
 #include <string>
@@ -19,6 +17,7 @@
 
 #include "cuda/mma_layout.h"
 #include "cuda/rec_params.h"
+#include "guarded_buffer.h"
 
 // Last: it defines CUDA's qualifiers as macros.
 #include "cuda_on_cpu_builtins.h"
@@ -38,23 +37,6 @@ __attribute__((aligned(16))) unsigned state_words[kSmemCapacity / sizeof(unsigne
 
 namespace fused_rnn {
 namespace {
-
-constexpr int64_t kGuard = 64;
-constexpr double kGuardValue = -7.25;
-
-struct Guarded {
-  at::Tensor all;
-  int64_t n;
-  Guarded(int64_t numel, at::ScalarType dtype, double fill) : n(numel) {
-    all = at::full({numel + 2 * kGuard}, kGuardValue, at::TensorOptions().dtype(dtype));
-    all.narrow(0, kGuard, numel).fill_(fill);
-  }
-  at::Tensor inner() const { return all.narrow(0, kGuard, n); }
-  void check(const char* name) const {
-    const at::Tensor bands = at::cat({all.narrow(0, 0, kGuard), all.narrow(0, kGuard + n, kGuard)});
-    TORCH_CHECK(bands.eq(kGuardValue).all().item<bool>(), "tensor-core kernel on the CPU: wrote outside ", name);
-  }
-};
 
 unsigned char* smem_base() { return reinterpret_cast<unsigned char*>(cuda::state_words); }
 
@@ -109,22 +91,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == st, "CPU tensors of one dtype");
   }
   TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == st), "BPTT: y [T*B, D*H] like buf");
-  const cuda_on_cpu::Order ord = order == "ascending"    ? cuda_on_cpu::Order::Ascending
-                                 : order == "descending" ? cuda_on_cpu::Order::Descending
-                                                         : cuda_on_cpu::Order::Shuffled;
+  const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
   const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
-  Guarded out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
+  GuardedBuffer out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
   out.inner().copy_(buf.reshape(-1));
-  const cuda::RecParams p{out.inner().data_ptr(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
-                          hout.inner().data_ptr(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  const cuda::RecParams p{out.data(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
+                          hout.data(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
   std::vector<int64_t> plan;
   switch (st) {
     case at::kHalf: run_typed<c10::Half>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
     case at::kBFloat16: run_typed<c10::BFloat16>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
     default: run_typed<float>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
   }
-  out.check("buf");
-  hout.check("h_out");
+  out.check("tensor-core kernel", "buf");
+  hout.check("tensor-core kernel", "h_out");
   return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}), plan};
 }
 
