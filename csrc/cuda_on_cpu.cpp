@@ -294,9 +294,13 @@ void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Orde
   const size_t n = st.idx.size();
   std::vector<std::unique_ptr<Cta>> ctas;
   for (size_t i = 0; i < n; ++i) ctas.emplace_back(new Cta(config, kernel, st.idx[i], seed));
-  st.saved.assign(n, std::vector<unsigned char>(st.smem.capacity, kSmemFill));
+  // Each CTA's shared memory, swapped in while it runs; past the launch's size the live array stays
+  // the fill (check_smem_tail), so only the launch's bytes are swapped.
+  const size_t bytes = config.smem_bytes;
+  st.saved.assign(n, std::vector<unsigned char>(bytes, kSmemFill));
   std::vector<char> released(n, 0);
   unsigned char* shared = st.smem.base();
+  std::memset(shared, kSmemFill, st.smem.capacity);
   std::mt19937_64 rng(seed);
   std::vector<size_t> turn(n);
   for (;;) {
@@ -304,14 +308,14 @@ void run_co_scheduled(LaunchState& st, const std::function<void()>& kernel, Orde
     std::iota(turn.begin(), turn.end(), size_t(0));
     for (size_t i : ordered(turn, order, rng)) {
       if (ctas[i]->exited()) continue;
-      std::memcpy(shared, st.saved[i].data(), st.smem.capacity);
+      std::memcpy(shared, st.saved[i].data(), bytes);
       st.running = i;
       st.cta = ctas[i].get();
       ctas[i]->resume(order, released[i] != 0);
       released[i] = 0;
       st.cta = nullptr;
       check_smem_tail(*ctas[i], shared, st.smem);
-      std::memcpy(st.saved[i].data(), shared, st.smem.capacity);
+      std::memcpy(st.saved[i].data(), shared, bytes);
     }
     // Each group of CTAs that a barrier joins (the cluster, or the grid) is released once all of
     // them wait at one place.
