@@ -1,38 +1,44 @@
 // CUDA kernel source, run on the CPU: enough of CUDA's built-ins for a kernel's own .cuh to compile
 // as host C++ and run, one fiber per CUDA thread, so that tests on machines without a GPU execute
-// the kernel code itself (not a model of it) against a reference (recurrence_kernel_on_cpu.cpp).
+// the kernel code itself, not a model of it (recurrence_kernel_on_cpu.cpp, resident_kernel_on_cpu.cpp,
+// resident_mma_kernel_on_cpu.cpp; tests/test_kernel_on_cpu.py).
 //
-// cuda_on_cpu_builtins.h gives the kernel's source the CUDA qualifiers (__global__, __shared__, ...),
-// threadIdx / blockIdx / blockDim / gridDim, __syncthreads, cooperative_groups::this_grid().sync(),
-// float4 / double2 and __ldcg; this header is the runtime that launches it.
+// cuda_on_cpu_builtins.h gives the kernel's source CUDA's qualifiers (__global__, __shared__, ...),
+// threadIdx / blockIdx / blockDim / gridDim, __syncthreads, cooperative groups' grid and cluster
+// sync and block_rank, __shfl_xor_sync, float4 / double2, __ldg / __ldcg, __trap; this header is
+// the runtime that launches it, and what a kernel's CPU branches call (cp.async, mma.sync,
+// distributed shared memory, mbarriers).
 //
-// How a launch runs (cuda_on_cpu.cpp), all on the calling OS thread: the CTAs of a plain launch
-// one after another; those of a cooperative launch in turns, each running up to the next grid
-// barrier with its own shared memory swapped in. Within a CTA its threads are fibers that run, one
-// at a time, from one barrier to the next. The order in which the CTAs, and the fibers of a CTA
-// between two barriers, run is a launch parameter: ascending or descending index, or shuffled
-// anew each time. A kernel whose result depends on that order reads or writes memory that another
-// thread writes without a barrier between them: run it with several orders and compare. A launch
-// also fails, with a message, where the CUDA rules are broken in a way a wrong result might not
-// show:
+// How a launch runs (cuda_on_cpu.cpp), all on the calling OS thread:
+//   - The CTAs of a plain launch run one after another. Those of a co-scheduled launch
+//     (cooperative, or in clusters of LaunchConfig::cluster CTAs along x) take turns, each with its
+//     own shared memory swapped in, until it waits at a grid or cluster barrier, waits on an
+//     mbarrier, or exits.
+//   - Within a CTA its threads are fibers that run, one at a time, from one barrier to the next.
+//   - Warp shuffles (full-warp masks only) and mma.sync are rendezvous of the warp's 32 threads.
+//   - cp.async copies are deferred until the thread's wait_group lets them complete, so a read of
+//     their destination before the wait sees the old contents.
+//   - Stores into a peer CTA's shared memory land in its saved copy; mbarriers keep their state in
+//     their own 8 bytes (below).
+// The order in which the CTAs, and the fibers of a CTA between two barriers, run is a launch
+// parameter: ascending or descending index, or shuffled anew each time. A kernel whose result
+// depends on that order reads or writes memory that another thread writes without a barrier
+// between them: run it with several orders and compare. A launch also fails, with a message,
+// where the CUDA rules are broken in a way a wrong result might not show:
 //   - a barrier that the CTA's threads reach at different places in the code, or that some
-//     threads reach after others have exited (CUDA: undefined); a grid barrier that some CTAs
-//     never reach;
+//     threads reach after others have exited (CUDA: undefined); a grid or cluster barrier that some
+//     CTAs never reach; a shuffle that some lanes of a warp never reach;
 //   - a write to dynamic shared memory past the launch's size (it is filled with 0xFF bytes, a
 //     NaN in every floating-point type, before each CTA, so a read of shared memory that no thread
 //     wrote shows up in the result too), a fiber's stack overflowing;
-//   - a grid barrier in a launch that is not cooperative.
-// Warp shuffles (full-warp masks only) are a rendezvous of the warp's 32 threads; a shuffle that
-// some lanes of a warp never reach stops the launch. cp.async copies are deferred until the
-// thread's wait_group lets them complete, so a read of their destination before the wait sees the
-// old contents. mma.sync is a warp rendezvous too (mma_sync below). A cluster launch (LaunchConfig::cluster CTAs along x) runs its CTAs in turns like a
-// cooperative launch, with the cluster barrier, the CTA's rank and stores into a peer CTA's shared
-// memory (distributed shared memory) and mbarriers with st.async (below). Votes, ldmatrix and
-// statically sized __shared__ arrays (they would be each thread's own) are not provided.
+//   - a grid barrier in a launch that is not cooperative, a cluster barrier outside a cluster;
+//   - an mbarrier phase that never completes (a round of the launch in which no thread steps on).
+// Votes, ldmatrix and statically sized __shared__ arrays (they would be each thread's own) are
+// not provided.
 //
 // The dynamic shared memory is an array of the including translation unit, declared by the
-// kernel as `extern __shared__ unsigned char name[]`, defined by the translation unit at namespace
-// scope with a capacity, and passed to launch() (SharedMemory).
+// kernel as `extern __shared__ T name[]`, defined by the translation unit with the same type and
+// namespace and a capacity, and passed to launch() (SharedMemory).
 #pragma once
 
 #include <algorithm>
