@@ -98,7 +98,7 @@ for d in cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]:
 # -Wno-psabi: simd.h's 256-bit vector types pass by value between always-inline functions only, so
 # GCC's note that their ABI differs without AVX (baseline build) never concerns a real call.
 # -Wno-unknown-pragmas: the CUDA kernel's source compiles as host C++ too, for its CPU execution in
-# tests (recurrence_kernel_on_cpu.cpp), where GCC does not know its `#pragma unroll` (and GCC 12
+# tests (csrc/*_kernel_on_cpu.cpp), where GCC does not know its `#pragma unroll` (and GCC 12
 # cannot silence that warning for one file).
 cxx_flags = ["-O0" if debug else "-O3", "-fno-math-errno", "-ffp-contract=fast", "-Wall", "-Wextra", "-Wno-psabi",
              "-Wno-unknown-pragmas", *system_includes]

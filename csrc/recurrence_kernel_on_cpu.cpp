@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "guarded_buffer.h"
+#include "layer_on_cpu.h"
 #include "step_layout.h"
 
 namespace fused_rnn {
@@ -81,14 +82,14 @@ void run_plan_of_mode(const cuda::KernelPlan& k, const cuda::RecParams& p, cuda_
 // The plan launch_recurrence makes (recurrence_launch.cuh), on a device that co-schedules every
 // cooperative launch the grid plan makes (one CTA per SM, which the plan's size guarantees).
 template <typename T>
-cuda::KernelPlan make_plan(const std::string& regime, int64_t H, int64_t B, int64_t D, int64_t steps,
+cuda::KernelPlan make_plan(const std::string& regime, int64_t H, int64_t B, int64_t D,
                            const cuda::DeviceAttributes& dev) {
   TORCH_CHECK(regime == "auto" || regime == "grid" || regime == "step", "regime must be auto, grid or step, got ",
               regime);
   std::optional<cuda::KernelPlan> k;
-  if (regime == "auto") k = cuda::plan_single<T>(H, B, D, steps, dev);
+  if (regime == "auto") k = cuda::plan_single<T>(H, B, D, dev);
   if (!k && regime != "step") {
-    k = cuda::plan_grid<T>(H, B, D, steps, dev);
+    k = cuda::plan_grid<T>(H, B, D, dev);
     TORCH_CHECK(!k || k->ctas * k->dirs <= dev.sms, "grid plan of ", k->ctas, " x ", k->dirs, " CTAs on ", dev.sms,
                 " SMs");
   }
@@ -101,35 +102,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> recurrence_kernel_on_cp
     const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& batch_sizes, bool relu, bool backward, const std::string& regime, int64_t sms,
     int64_t smem_optin, const std::string& order, int64_t seed) {
-  TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [N, D*H]");
-  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
-  TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 && H > 0,
-              "w_hh [D, H, H], h_in [D, B, H], buf [N, D*H]");
-  const at::ScalarType st = buf.scalar_type();
-  for (const at::Tensor* t : {&buf, &h_in, &w_hh}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == st, "CPU tensors of one dtype");
-  }
-  TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == st && y.device().is_cpu()),
-              "BPTT: y [N, D*H] like buf");
+  const LayerOnCpu layer(buf, y, h_in, w_hh, backward, !batch_sizes.has_value());
+  const int64_t D = layer.D, H = layer.H, B = layer.B;
   TORCH_CHECK(sms > 0 && smem_optin > 0 && size_t(smem_optin) <= cuda::kSmemCapacity,
               "sms > 0 and 0 < smem_optin <= ", cuda::kSmemCapacity);
   const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
-  const StepLayout lay(batch_sizes.value_or(at::Tensor()), N, B);
+  const StepLayout lay(batch_sizes.value_or(at::Tensor()), layer.N, B);
   const std::vector<int64_t> table = lay.uniform() ? std::vector<int64_t>() : lay.host_table();
-  const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
   const cuda::DeviceAttributes dev{static_cast<int>(sms), static_cast<int>(smem_optin), 1, 9};
-  const int64_t steps = lay.T + (backward ? 1 : 0);
-
-  GuardedBuffer out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
-  out.inner().copy_(buf.reshape(-1));
-  const at::ScalarType acc = st == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = layer.dtype == at::kDouble ? at::kDouble : at::kFloat;
   GuardedBuffer scratch((backward ? 3 : 2) * D * B * H, acc, NAN);
+  const cuda::RecParams p = layer.params(lay.T, table.empty() ? nullptr : table.data(), scratch.data(), relu);
   std::vector<int64_t> plan;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "recurrence_kernel_on_cpu", [&] {
-    const cuda::KernelPlan k = make_plan<scalar_t>(regime, H, B, D, steps, dev);
-    const cuda::RecParams p{out.data(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(), hout.data(),
-                            w.data_ptr(), table.empty() ? nullptr : table.data(), scratch.data(), lay.T, B, H, D,
-                            relu, backward};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, layer.dtype, "recurrence_kernel_on_cpu", [&] {
+    const cuda::KernelPlan k = make_plan<scalar_t>(regime, H, B, D, dev);
     if (backward) {
       run_plan_of_mode<scalar_t, true>(k, p, ord, uint64_t(seed));
     } else {
@@ -138,10 +124,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> recurrence_kernel_on_cp
     plan = {static_cast<int64_t>(k.mode), k.bt, k.ctas, k.dirs, k.threads, static_cast<int64_t>(k.smem),
             k.launch.J, k.launch.C, k.launch.NBG, k.launch.KT};
   });
-  out.check("recurrence kernel", "buf");
-  hout.check("recurrence kernel", "h_out");
   scratch.check("recurrence kernel", "the scratch state");
-  return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}), plan};
+  auto [out, h_out] = layer.results("recurrence kernel");
+  return {out, h_out, plan};
 }
 
 }  // namespace

@@ -23,7 +23,7 @@
 
 #include "cuda/rec_params.h"
 #include "cuda/resident_layout.h"
-#include "guarded_buffer.h"
+#include "layer_on_cpu.h"
 
 // Last: it defines CUDA's qualifiers as macros.
 #include "cuda_on_cpu_builtins.h"
@@ -62,24 +62,13 @@ void run(const cuda::RecParams& p, cuda_on_cpu::Order order, uint64_t seed) {
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
     bool backward, int64_t sms, bool clusters, bool mbarrier, const std::string& order, int64_t seed) {
-  TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
-  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
-  TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
-                  N % B == 0,
-              "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
-  for (const at::Tensor* t : {&buf, &h_in, &w_hh}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, "float32 CPU tensors");
-  }
-  TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == at::kFloat), "BPTT: y [T*B, D*H] like buf");
+  const LayerOnCpu layer(buf, y, h_in, w_hh, backward, /*uniform=*/true);
+  TORCH_CHECK(layer.dtype == at::kFloat, "float32 CPU tensors");
+  const int64_t H = layer.H;
   const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
-  const resident::Plan plan = resident::plan(H, B, D, static_cast<int>(sms), clusters);
+  const resident::Plan plan = resident::plan(H, layer.B, layer.D, static_cast<int>(sms), clusters);
   TORCH_CHECK(plan.shape >= 0, "H = ", H, " is beyond the resident kernels");
-
-  const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
-  GuardedBuffer out(N * D * H, at::kFloat, 0.0), hout(D * B * H, at::kFloat, NAN);
-  out.inner().copy_(buf.reshape(-1));
-  const cuda::RecParams p{out.data(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
-                          hout.data(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  const cuda::RecParams p = layer.params(layer.N / layer.B, nullptr, nullptr, relu);
   bool ran = false;
   resident::with_shape(plan.shape, [&](auto shape) {
     using S = decltype(shape);
@@ -100,10 +89,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_kernel_on_cpu(
     });
   });
   TORCH_CHECK(ran, "the plan's batch tile ", plan.bt, " exceeds its shape's");
-  out.check("resident kernel", "buf");
-  hout.check("resident kernel", "h_out");
-  return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}),
-          std::vector<int64_t>{plan.shape, plan.bt, plan.cluster, plan.ctas}};
+  auto [out, h_out] = layer.results("resident kernel");
+  return {out, h_out, std::vector<int64_t>{plan.shape, plan.bt, plan.cluster, plan.ctas}};
 }
 
 }  // namespace

@@ -17,7 +17,7 @@
 
 #include "cuda/mma_layout.h"
 #include "cuda/rec_params.h"
-#include "guarded_buffer.h"
+#include "layer_on_cpu.h"
 
 // Last: it defines CUDA's qualifiers as macros.
 #include "cuda_on_cpu_builtins.h"
@@ -80,32 +80,19 @@ void run_typed(const cuda::RecParams& p, bool clusters, bool mbarrier, cuda_on_c
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> resident_mma_kernel_on_cpu(
     const at::Tensor& buf, const at::Tensor& y, const at::Tensor& h_in, const at::Tensor& w_hh, bool relu,
     bool backward, bool clusters, bool mbarrier, const std::string& order, int64_t seed) {
-  TORCH_CHECK(w_hh.dim() == 3 && h_in.dim() == 3 && buf.dim() == 2, "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
-  const int64_t D = w_hh.size(0), H = w_hh.size(2), B = h_in.size(1), N = buf.size(0);
-  TORCH_CHECK(w_hh.size(1) == H && h_in.size(0) == D && h_in.size(2) == H && buf.size(1) == D * H && B > 0 &&
-                  N % B == 0,
-              "w_hh [D, H, H], h_in [D, B, H], buf [T*B, D*H]");
-  const at::ScalarType st = buf.scalar_type();
+  const LayerOnCpu layer(buf, y, h_in, w_hh, backward, /*uniform=*/true);
+  const at::ScalarType st = layer.dtype;
   TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat, "float16, bfloat16 or float32 (TF32)");
-  for (const at::Tensor* t : {&buf, &h_in, &w_hh}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == st, "CPU tensors of one dtype");
-  }
-  TORCH_CHECK(!backward || (y.sizes() == buf.sizes() && y.scalar_type() == st), "BPTT: y [T*B, D*H] like buf");
   const cuda_on_cpu::Order ord = cuda_on_cpu::order_named(order);
-  const at::Tensor hin = h_in.contiguous(), w = w_hh.contiguous(), yc = backward ? y.contiguous() : at::Tensor();
-  GuardedBuffer out(N * D * H, st, 0.0), hout(D * B * H, st, NAN);
-  out.inner().copy_(buf.reshape(-1));
-  const cuda::RecParams p{out.data(), backward ? yc.data_ptr() : nullptr, hin.data_ptr(),
-                          hout.data(), w.data_ptr(), nullptr, nullptr, N / B, B, H, D, relu, backward};
+  const cuda::RecParams p = layer.params(layer.N / layer.B, nullptr, nullptr, relu);
   std::vector<int64_t> plan;
   switch (st) {
     case at::kHalf: run_typed<c10::Half>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
     case at::kBFloat16: run_typed<c10::BFloat16>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
     default: run_typed<float>(p, clusters, mbarrier, ord, uint64_t(seed), plan); break;
   }
-  out.check("tensor-core kernel", "buf");
-  hout.check("tensor-core kernel", "h_out");
-  return {out.inner().clone().view({N, D * H}), hout.inner().clone().view({D, B, H}), plan};
+  auto [out, h_out] = layer.results("tensor-core kernel");
+  return {out, h_out, plan};
 }
 
 }  // namespace

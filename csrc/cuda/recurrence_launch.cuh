@@ -105,17 +105,16 @@ inline Mode first_regime() {
 template <typename T>
 void launch_recurrence(const RecParams& p, at::Device device, cudaStream_t stream) {
   const DeviceAttributes dev = device_info();
-  const int64_t steps = p.T + (p.backward ? 1 : 0);
   const Mode first = first_regime();
   if (first == Mode::Single) {
-    if (const std::optional<KernelPlan> k = plan_single<T>(p.H, p.B, p.D, steps, dev)) {
+    if (const std::optional<KernelPlan> k = plan_single<T>(p.H, p.B, p.D, dev)) {
       with_bt(k->bt, [&](auto btc) { launch_plain<T, decltype(btc)::value, Mode::Single>(p, *k, device, stream); });
       switches::record_cuda_regime("single");
       return;
     }
   }
   if (first != Mode::Step) {
-    const std::optional<KernelPlan> k = plan_grid<T>(p.H, p.B, p.D, steps, dev);
+    const std::optional<KernelPlan> k = plan_grid<T>(p.H, p.B, p.D, dev);
     if (k && launch_grid<T>(p, *k, dev, device, stream)) {
       switches::record_cuda_regime("grid");
       return;

@@ -56,8 +56,8 @@ inline int threads_for(int64_t J, int64_t H) {
 }
 
 // One regime's launches for a layer: grid (ctas, dirs) of `threads` threads and `smem` bytes of
-// dynamic shared memory, the kernel instantiation's batch tile bt, and the Launch of the first
-// launch (for_each_launch gives the others).
+// dynamic shared memory, the kernel instantiation's batch tile bt, and what every Launch shares
+// (for_each_launch sets each one's directions and steps).
 struct KernelPlan {
   Mode mode;
   int bt;
@@ -70,7 +70,7 @@ struct KernelPlan {
 
 // Single: W_hh of a direction fits one CTA (H <= kMaxThreads); nullopt where it does not.
 template <typename T>
-std::optional<KernelPlan> plan_single(int64_t H, int64_t B, int64_t D, int64_t steps, const DeviceAttributes& dev) {
+std::optional<KernelPlan> plan_single(int64_t H, int64_t B, int64_t D, const DeviceAttributes& dev) {
   if (H > kMaxThreads) return std::nullopt;
   // Smallest batch tile that still fills the GPU in one wave of independent CTAs.
   int bt = 8;
@@ -85,13 +85,13 @@ std::optional<KernelPlan> plan_single(int64_t H, int64_t B, int64_t D, int64_t s
   if (smem > size_t(dev.smem_optin)) return std::nullopt;
   const int64_t nchunks = ceil_div(B, bt);
   return KernelPlan{Mode::Single, bt, threads, smem, nchunks, D,
-                    Launch{static_cast<int>(H), 1, static_cast<int>(nchunks), static_cast<int>(H), 0, 0, steps}};
+                    Launch{static_cast<int>(H), 1, static_cast<int>(nchunks), static_cast<int>(H), 0, 0, 0}};
 }
 
 // Grid: C CTAs split W_hh's rows, co-resident in a cooperative launch; nullopt where W_hh cannot be
 // split over the device's SMs (the launcher still checks the occupancy before launching).
 template <typename T>
-std::optional<KernelPlan> plan_grid(int64_t H, int64_t B, int64_t D, int64_t steps, const DeviceAttributes& dev) {
+std::optional<KernelPlan> plan_grid(int64_t H, int64_t B, int64_t D, const DeviceAttributes& dev) {
   using acc_t = acc_type<T>;
   const int bt = B == 1 ? 1 : (B <= 4 ? 4 : 8);
   const size_t fixed = 16 + align16(size_t(H) * bt * sizeof(acc_t)) + size_t(kMaxThreads) * bt * sizeof(acc_t);
@@ -111,8 +111,7 @@ std::optional<KernelPlan> plan_grid(int64_t H, int64_t B, int64_t D, int64_t ste
   const size_t smem = smem_bytes<T>(Mode::Grid, H, J, H, bt, threads);
   if (smem > size_t(dev.smem_optin)) return std::nullopt;
   return KernelPlan{Mode::Grid, bt, threads, smem, C * nbg, nd,
-                    Launch{static_cast<int>(J), static_cast<int>(C), static_cast<int>(nbg), static_cast<int>(H), 0, 0,
-                           steps}};
+                    Launch{static_cast<int>(J), static_cast<int>(C), static_cast<int>(nbg), static_cast<int>(H), 0, 0, 0}};
 }
 
 // Step: one launch per step, W_hh from global memory; fits every H.
@@ -126,7 +125,7 @@ KernelPlan plan_steps(int64_t H, int64_t B, int64_t D) {
   const size_t smem = smem_bytes<T>(Mode::Step, H, J, KT, BT, threads);
   const int64_t nchunks = ceil_div(B, BT);
   return KernelPlan{Mode::Step, BT, threads, smem, C * nchunks, D,
-                    Launch{static_cast<int>(J), static_cast<int>(C), static_cast<int>(nchunks), KT, 0, 0, 1}};
+                    Launch{static_cast<int>(J), static_cast<int>(C), static_cast<int>(nchunks), KT, 0, 0, 0}};
 }
 
 // Calls f(std::integral_constant<int, bt>{}): a plan's batch tile (1, 4 or 8) as the kernel
